@@ -1,0 +1,54 @@
+"""The model's inputs, named once for training, the feature store and serving.
+
+Pure Python on purpose: the TFX environment (Python 3.10), the trainer module, the model
+server and the gateway all import it, so a feature cannot be spelled two ways.
+"""
+
+LABEL = "big_tipper"
+TIP_THRESHOLD = 0.2  # big_tipper = tips > 20% of the fare (the TFX example's label)
+
+# Raw trip fields the model reads, as the CSV and the gateway's request carry them.
+FLOAT_FEATURES = [
+    "trip_miles",
+    "fare",
+    "trip_seconds",
+    "pickup_latitude",
+    "pickup_longitude",
+    "dropoff_latitude",
+    "dropoff_longitude",
+]
+INT_CATEGORICAL_FEATURES = {  # name -> number of values (0..n-1)
+    "trip_start_hour": 24,
+    "trip_start_day": 8,
+    "trip_start_month": 13,
+}
+VOCAB_FEATURES = ["payment_type", "company", "pickup_community_area", "dropoff_community_area"]
+
+# Entity keys in the feature store, and the features looked up for them.
+AREA_KEY = "pickup_community_area"
+COMPANY_KEY = "company"
+AREA_FEATURES = ["area_trip_count", "area_avg_fare", "area_tip_rate"]
+COMPANY_FEATURES = ["company_trip_count", "company_avg_fare", "company_tip_rate"]
+STORE_FEATURES = AREA_FEATURES + COMPANY_FEATURES
+
+FEATURE_SERVICE = "taxi_tip_model_v1"
+AREA_VIEW = "area_trip_stats"
+COMPANY_VIEW = "company_trip_stats"
+
+# How a missing raw value or an unknown entity is represented, identically in training and
+# serving: an empty area becomes -1, an empty company "UNKNOWN", a missing number 0. An entity
+# the store has never seen gets count 0 (the model learns what "no history" means).
+MISSING_AREA = -1
+MISSING_COMPANY = "UNKNOWN"
+STORE_DEFAULTS = {name: 0.0 for name in STORE_FEATURES}
+
+# Dtypes of the serving signature (and of the v2 protocol's tensors).
+SERVING_DTYPES = {
+    **{name: "FP32" for name in FLOAT_FEATURES + STORE_FEATURES},
+    **{name: "INT64" for name in INT_CATEGORICAL_FEATURES},
+    "payment_type": "BYTES",
+    "company": "BYTES",
+    "pickup_community_area": "INT64",
+    "dropoff_community_area": "INT64",
+}
+MODEL_INPUTS = list(SERVING_DTYPES)

@@ -1,0 +1,116 @@
+"""Platform side of training: prepare the input, run the TFX environment, report progress.
+
+Runs in the platform environment (Python 3.11). It checks the DVC data version, joins the
+trips with their point-in-time features into the pipeline's input folder, finds the current
+champion to evaluate against, and starts ``taxi_mlops.pipeline.run`` in the TFX environment.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from taxi_mlops import paths
+from taxi_mlops.data import versioning
+from taxi_mlops.features import schema, tables
+from taxi_mlops.registry import models
+from taxi_mlops.settings import Settings
+
+
+class PipelineFailed(RuntimeError):
+    pass
+
+
+@dataclass
+class TrainingResult:
+    data_version: str
+    seconds: float
+    components: list[str] = field(default_factory=list)
+    log_path: str = ""
+
+
+def prepare_input(settings: Settings) -> tuple[Path, versioning.DataVersion]:
+    """Write ``input/<md5>/data.csv`` once per data version (unchanged files keep TFX's cache)."""
+    version = versioning.current(settings.data_csv)
+    input_dir = settings.pipeline_root / "input" / version.md5
+    marker = input_dir / "data_version.json"
+    if not marker.exists():
+        input_dir.mkdir(parents=True, exist_ok=True)
+        frame = tables.training_frame(tables.load_trips(settings.data_csv))
+        frame[schema.MODEL_INPUTS + [schema.LABEL]].to_csv(input_dir / "data.csv", index=False)
+        marker.write_text(json.dumps(version.as_dict(), indent=2))
+    return input_dir, version
+
+
+def pipeline_env(settings: Settings) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PYTHON")}
+    env.update({
+        "PYTHONPATH": str(paths.PROJECT_ROOT / "src"),
+        "TF_USE_LEGACY_KERAS": "1",
+        "TF_CPP_MIN_LOG_LEVEL": "2",
+        "TAXI_STATE_DIR": str(settings.state_dir),
+        "TAXI_REDIS_PORT": str(settings.redis_port),
+        "TAXI_HOST": settings.host,
+        "MLFLOW_HTTP_REQUEST_TIMEOUT": "60",
+    })
+    return env
+
+
+def run_training(settings: Settings, progress: Callable[[dict], None] = lambda e: None,
+                 **overrides) -> TrainingResult:
+    started = time.monotonic()
+    settings.pipeline_root.mkdir(parents=True, exist_ok=True)
+    settings.logs_dir.mkdir(parents=True, exist_ok=True)
+    progress({"step": "data", "state": "running"})
+    input_dir, version = prepare_input(settings)
+    progress({"step": "data", "state": "finished", "data_version": version.md5})
+
+    champion = models.by_alias(settings.mlflow_tracking_uri, settings.model_name, models.CHAMPION)
+    baseline_uri = champion.tfx_model_uri if champion else None
+    if baseline_uri and not Path(baseline_uri).exists():
+        baseline_uri = None  # champion trained elsewhere: absolute thresholds only
+    config = {
+        "pipeline_root": str(settings.pipeline_root),
+        "metadata_path": str(settings.mlmd_path),
+        "input_base": str(input_dir),
+        "data_path": str(settings.data_csv),
+        "module_file": str(paths.TRAINER_MODULE),
+        "serving_model_dir": str(settings.serving_model_dir),
+        "tracking_uri": settings.mlflow_tracking_uri,
+        "model_name": settings.model_name,
+        "platform_python": sys.executable,
+        "baseline_model_uri": baseline_uri,
+        "baseline_version": champion.version if champion and baseline_uri else None,
+        **overrides,
+    }
+    config_path = settings.pipeline_root / "run_config.json"
+    config_path.write_text(json.dumps(config, indent=2))
+    log_path = settings.logs_dir / f"pipeline-{time.strftime('%Y%m%d-%H%M%S')}.log"
+    result = TrainingResult(data_version=version.md5, seconds=0.0, log_path=str(log_path))
+    python = str(settings.resolved_pipeline_python())
+    with log_path.open("w") as log:
+        proc = subprocess.Popen(
+            [python, "-m", "taxi_mlops.pipeline.run", str(config_path)],
+            stdout=subprocess.PIPE, stderr=log, text=True, env=pipeline_env(settings),
+            cwd=settings.pipeline_root,
+        )
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            log.write(line)
+            if line.startswith("PROGRESS "):
+                event = json.loads(line[len("PROGRESS "):])
+                if "components" in event:
+                    result.components = event["components"]
+                progress(event)
+        code = proc.wait()
+    result.seconds = time.monotonic() - started
+    if code != 0:
+        tail = "".join(log_path.read_text().splitlines(keepends=True)[-25:])
+        raise PipelineFailed(f"the TFX pipeline failed (exit {code}); full log: {log_path}\n{tail}")
+    return result

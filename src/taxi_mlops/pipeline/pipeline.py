@@ -1,0 +1,131 @@
+"""The training pipeline: TFX standard components plus our own, as one DAG.
+
+ExampleGen (stamped with the DVC version) -> StatisticsGen -> SchemaGen -> ExampleValidator
+-> Transform -> Trainer -> Evaluator (absolute thresholds; no regression against the current
+champion when there is one) -> Pusher -> FeastPusher and MlflowLogger.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import List, Optional
+
+import tensorflow_model_analysis as tfma
+from tfx import v1 as tfx
+from tfx.dsl.components.common import importer
+
+from taxi_mlops.features import schema
+from taxi_mlops.pipeline.components.dvc_example_gen.component import DvcCsvExampleGen
+from taxi_mlops.pipeline.components.feast_pusher.component import FeastPusher
+from taxi_mlops.pipeline.components.mlflow_logger.component import MlflowLogger
+
+PIPELINE_NAME = "chicago_taxi_tips"
+MIN_ACCURACY = 0.70
+MIN_AUC = 0.85
+MAX_REGRESSION = 0.01  # a challenger may be at most this much worse than the champion
+
+
+@dataclasses.dataclass
+class PipelineConfig:
+    pipeline_root: str
+    metadata_path: str
+    input_base: str  # folder with the training CSV and data_version.json
+    data_path: str  # the DVC-tracked raw CSV (feature tables are computed from it)
+    module_file: str
+    serving_model_dir: str
+    tracking_uri: str
+    model_name: str
+    platform_python: str
+    baseline_model_uri: Optional[str] = None  # the champion's TFX model folder, if any
+    baseline_version: Optional[str] = None
+    train_steps: int = 1500
+    eval_steps: int = 100
+    epochs: int = 5
+    experiment_name: str = "chicago-taxi-training"
+    beam_args: List[str] = dataclasses.field(default_factory=list)
+
+
+def eval_config(with_baseline: bool) -> tfma.EvalConfig:
+    def threshold(lower: float) -> list:
+        """Gate on the overall slice only; per payment-type slices are reported, not gated."""
+        kwargs = {"value_threshold": tfma.GenericValueThreshold(lower_bound={"value": lower})}
+        if with_baseline:
+            kwargs["change_threshold"] = tfma.GenericChangeThreshold(
+                direction=tfma.MetricDirection.HIGHER_IS_BETTER,
+                absolute={"value": -MAX_REGRESSION},
+            )
+        return [tfma.PerSliceMetricThreshold(slicing_specs=[tfma.SlicingSpec()],
+                                             threshold=tfma.MetricThreshold(**kwargs))]
+
+    return tfma.EvalConfig(
+        model_specs=[tfma.ModelSpec(signature_name="serving_tf_example", label_key=schema.LABEL,
+                                    preprocessing_function_names=[])],
+        slicing_specs=[tfma.SlicingSpec(), tfma.SlicingSpec(feature_keys=["payment_type"])],
+        metrics_specs=[tfma.MetricsSpec(metrics=[
+            tfma.MetricConfig(class_name="ExampleCount"),
+            tfma.MetricConfig(class_name="BinaryAccuracy",
+                              per_slice_thresholds=threshold(MIN_ACCURACY)),
+            tfma.MetricConfig(class_name="AUC", per_slice_thresholds=threshold(MIN_AUC)),
+            tfma.MetricConfig(class_name="Precision"),
+            tfma.MetricConfig(class_name="Recall"),
+        ])],
+    )
+
+
+def create_pipeline(cfg: PipelineConfig) -> tfx.dsl.Pipeline:
+    example_gen = DvcCsvExampleGen(input_base=cfg.input_base)
+    statistics_gen = tfx.components.StatisticsGen(examples=example_gen.outputs["examples"])
+    schema_gen = tfx.components.SchemaGen(statistics=statistics_gen.outputs["statistics"],
+                                          infer_feature_shape=True)
+    example_validator = tfx.components.ExampleValidator(
+        statistics=statistics_gen.outputs["statistics"], schema=schema_gen.outputs["schema"])
+    transform = tfx.components.Transform(
+        examples=example_gen.outputs["examples"], schema=schema_gen.outputs["schema"],
+        module_file=cfg.module_file)
+    trainer = tfx.components.Trainer(
+        module_file=cfg.module_file,
+        examples=transform.outputs["transformed_examples"],
+        transform_graph=transform.outputs["transform_graph"],
+        schema=schema_gen.outputs["schema"],
+        train_args=tfx.proto.TrainArgs(num_steps=cfg.train_steps),
+        eval_args=tfx.proto.EvalArgs(num_steps=cfg.eval_steps),
+        custom_config={"epochs": cfg.epochs, "batch_size": 64, "hidden_units": [64, 32]},
+    )
+    components = [example_gen, statistics_gen, schema_gen, example_validator, transform, trainer]
+
+    evaluator_kwargs = {}
+    if cfg.baseline_model_uri:
+        baseline = importer.Importer(
+            source_uri=cfg.baseline_model_uri, artifact_type=tfx.types.standard_artifacts.Model,
+        ).with_id("ChampionModelImporter")
+        components.append(baseline)
+        evaluator_kwargs["baseline_model"] = baseline.outputs["result"]
+    evaluator = tfx.components.Evaluator(
+        examples=example_gen.outputs["examples"], model=trainer.outputs["model"],
+        eval_config=eval_config(with_baseline=bool(cfg.baseline_model_uri)), **evaluator_kwargs)
+    pusher = tfx.components.Pusher(
+        model=trainer.outputs["model"], model_blessing=evaluator.outputs["blessing"],
+        push_destination=tfx.proto.PushDestination(
+            filesystem=tfx.proto.PushDestination.Filesystem(base_directory=cfg.serving_model_dir)),
+    )
+    feast_pusher = FeastPusher(
+        pushed_model=pusher.outputs["pushed_model"], data_path=cfg.data_path,
+        platform_python=cfg.platform_python, feature_service=schema.FEATURE_SERVICE)
+    mlflow_logger = MlflowLogger(
+        examples=example_gen.outputs["examples"], model=trainer.outputs["model"],
+        model_run=trainer.outputs["model_run"], evaluation=evaluator.outputs["evaluation"],
+        blessing=evaluator.outputs["blessing"], pushed_model=pusher.outputs["pushed_model"],
+        tracking_uri=cfg.tracking_uri, experiment_name=cfg.experiment_name,
+        model_name=cfg.model_name, baseline_version=cfg.baseline_version)
+    components += [evaluator, pusher, feast_pusher, mlflow_logger]
+    return tfx.dsl.Pipeline(
+        pipeline_name=PIPELINE_NAME,
+        pipeline_root=cfg.pipeline_root,
+        components=components,
+        enable_cache=True,
+        metadata_connection_config=tfx.orchestration.metadata.sqlite_metadata_connection_config(
+            cfg.metadata_path),
+        beam_pipeline_args=cfg.beam_args or [
+            "--runner=apache_beam.runners.portability.fn_api_runner.fn_runner.FnApiRunner",
+        ],
+    )

@@ -1,0 +1,46 @@
+"""Entry point of the TFX environment: ``python -m taxi_mlops.pipeline.run CONFIG.json``.
+
+The platform CLI writes the config and starts this in the Python 3.10 environment; it reads
+our progress lines (``PROGRESS {...}``) from stdout and keeps the full log.
+"""
+
+import json
+import logging
+import os
+import sys
+
+os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+
+class _ProgressHandler(logging.Handler):
+    """Turns LocalDagRunner's component log lines into machine-readable progress."""
+
+    def emit(self, record):
+        msg = record.getMessage()
+        for state, marker in (("running", " is running."), ("finished", " is finished.")):
+            if msg.startswith("Component ") and msg.endswith(marker):
+                name = msg[len("Component "):-len(marker)]
+                print("PROGRESS " + json.dumps({"component": name, "state": state}), flush=True)
+
+
+def main(argv):
+    with open(argv[1]) as f:
+        raw = json.load(f)
+    from absl import logging as absl_logging
+    from tfx import v1 as tfx
+
+    from taxi_mlops.pipeline.pipeline import PipelineConfig, create_pipeline
+
+    absl_logging.set_verbosity(absl_logging.INFO)
+    logging.getLogger().addHandler(_ProgressHandler())
+    cfg = PipelineConfig(**raw)
+    pipeline = create_pipeline(cfg)
+    print("PROGRESS " + json.dumps({"components": [c.id for c in pipeline.components]}), flush=True)
+    tfx.orchestration.LocalDagRunner().run(pipeline)
+    print("PROGRESS " + json.dumps({"done": True}), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv))

@@ -1,0 +1,52 @@
+"""The MLflow model registry as the platform uses it: versions addressed by alias.
+
+Clients pass a tracking URI and never care which backend store is behind the server.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import mlflow
+from mlflow import MlflowClient
+from mlflow.exceptions import MlflowException
+
+CHAMPION = "champion"
+CHALLENGER = "challenger"
+
+
+@dataclass(frozen=True)
+class ModelRef:
+    name: str
+    version: str
+    alias: str
+    source: str
+    run_id: str
+    tags: dict
+
+    @property
+    def tfx_model_uri(self) -> str | None:
+        return self.tags.get("tfx_model_uri")
+
+
+def client(tracking_uri: str) -> MlflowClient:
+    mlflow.set_tracking_uri(tracking_uri)
+    return MlflowClient(tracking_uri=tracking_uri)
+
+
+def by_alias(tracking_uri: str, name: str, alias: str) -> ModelRef | None:
+    """The version holding ``alias``, or None when the model or alias does not exist."""
+    try:
+        mv = client(tracking_uri).get_model_version_by_alias(name, alias)
+    except MlflowException:
+        return None
+    return ModelRef(name=name, version=str(mv.version), alias=alias, source=mv.source,
+                    run_id=mv.run_id or "", tags=dict(mv.tags or {}))
+
+
+def download(tracking_uri: str, ref: ModelRef, dst: Path) -> Path:
+    """Fetch the version's SavedModel folder; returns the local path."""
+    client(tracking_uri)
+    dst.mkdir(parents=True, exist_ok=True)
+    return Path(mlflow.artifacts.download_artifacts(artifact_uri=ref.source, dst_path=str(dst)))

@@ -1,0 +1,121 @@
+"""One typed settings object for the whole platform.
+
+Every port, URI and path lives here; an environment variable ``TAXI_<FIELD>`` overrides
+any field (``TAXI_GATEWAY_PORT=9000``). Components receive a ``Settings`` and never read
+the environment themselves, so a test can start a whole stack on other ports by building
+one object.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from taxi_mlops import paths
+
+MODEL_NAME = "chicago-taxi-tips"
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="TAXI_", extra="ignore")
+
+    host: str = Field("127.0.0.1", description="Interface every server binds to.")
+    state_dir: Path = Field(paths.PROJECT_ROOT / ".state", description="Logs, pids, stores.")
+
+    redis_port: int = 6390
+    mlflow_port: int = 5050
+    model_server_port: int = 8090
+    gateway_port: int = 8000
+
+    mlflow_backend_uri: str | None = Field(
+        None, description="MLflow backend store; default sqlite in the state dir. postgresql:// works too."
+    )
+    mlflow_tracking_uri_override: str | None = Field(
+        None, alias="MLFLOW_TRACKING_URI", description="Use an external MLflow server; none is started."
+    )
+
+    model_name: str = MODEL_NAME
+    serving_alias: str = "champion"
+    data_csv: Path = paths.PROJECT_ROOT / "data" / "chicago_taxi" / "data.csv"
+
+    pipeline_python: Path | None = Field(None, description="Python of the TFX virtual environment.")
+    request_timeout_s: float = Field(2.0, description="Timeout of every gateway call to a dependency.")
+    startup_timeout_s: float = 120.0
+
+    # ---- derived locations -------------------------------------------------------------
+    @property
+    def logs_dir(self) -> Path:
+        return self.state_dir / "logs"
+
+    @property
+    def run_dir(self) -> Path:
+        return self.state_dir / "run"
+
+    @property
+    def pipeline_root(self) -> Path:
+        return self.state_dir / "pipeline"
+
+    @property
+    def mlmd_path(self) -> Path:
+        return self.pipeline_root / "metadata.sqlite"
+
+    @property
+    def serving_model_dir(self) -> Path:
+        """Where the Pusher copies blessed models (a TFX artifact, not the serving source)."""
+        return self.pipeline_root / "serving_model"
+
+    @property
+    def feast_repo(self) -> Path:
+        return paths.FEATURE_REPO
+
+    @property
+    def feast_data_dir(self) -> Path:
+        return self.state_dir / "feast"
+
+    @property
+    def redis_url(self) -> str:
+        return f"redis://{self.host}:{self.redis_port}/0"
+
+    @property
+    def redis_connection_string(self) -> str:
+        """Feast's Redis connection format (host:port,db=N)."""
+        return f"{self.host}:{self.redis_port},db=0"
+
+    @property
+    def mlflow_tracking_uri(self) -> str:
+        return self.mlflow_tracking_uri_override or f"http://{self.host}:{self.mlflow_port}"
+
+    @property
+    def mlflow_backend_store_uri(self) -> str:
+        return self.mlflow_backend_uri or f"sqlite:///{self.state_dir / 'mlflow' / 'mlflow.db'}"
+
+    @property
+    def mlflow_artifacts_dir(self) -> Path:
+        return self.state_dir / "mlflow" / "artifacts"
+
+    @property
+    def model_server_url(self) -> str:
+        return f"http://{self.host}:{self.model_server_port}"
+
+    @property
+    def gateway_url(self) -> str:
+        return f"http://{self.host}:{self.gateway_port}"
+
+    def feast_env(self) -> dict[str, str]:
+        """Variables that ``feature_store.yaml`` substitutes, for the SDK and the ``feast`` CLI."""
+        return {
+            "TAXI_FEAST_REGISTRY": str(self.feast_data_dir / "registry.db"),
+            "TAXI_FEAST_REDIS": self.redis_connection_string,
+            "TAXI_FEAST_DATA": str(self.feast_data_dir),
+        }
+
+    def resolved_pipeline_python(self) -> Path:
+        from taxi_mlops.pipeline_env import find_pipeline_python
+
+        return self.pipeline_python or find_pipeline_python()
+
+
+def get_settings(**overrides) -> Settings:
+    return Settings(**overrides)
