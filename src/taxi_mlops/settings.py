@@ -19,7 +19,7 @@ MODEL_NAME = "chicago-taxi-tips"
 
 
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="TAXI_", extra="ignore")
+    model_config = SettingsConfigDict(env_prefix="TAXI_", extra="ignore", populate_by_name=True)
 
     host: str = Field("127.0.0.1", description="Interface every server binds to.")
     state_dir: Path = Field(paths.PROJECT_ROOT / ".state", description="Logs, pids, stores.")
@@ -34,6 +34,13 @@ class Settings(BaseSettings):
     )
     mlflow_tracking_uri_override: str | None = Field(
         None, alias="MLFLOW_TRACKING_URI", description="Use an external MLflow server; none is started."
+    )
+
+    kafka_port: int = 9092
+    kafka_controller_port: int = 9093
+    kafka_bootstrap_override: str | None = Field(
+        None, alias="KAFKA_BOOTSTRAP_SERVERS",
+        description="Use an external Kafka cluster; no broker is started.",
     )
 
     model_name: str = MODEL_NAME
@@ -81,7 +88,7 @@ class Settings(BaseSettings):
     @property
     def redis_connection_string(self) -> str:
         """Feast's Redis connection format (host:port,db=N)."""
-        return f"{self.host}:{self.redis_port},db=0"
+        return f"{self.host}:{self.redis_port},db=0,socket_timeout=2,socket_connect_timeout=2"
 
     @property
     def mlflow_tracking_uri(self) -> str:
@@ -94,6 +101,14 @@ class Settings(BaseSettings):
     @property
     def mlflow_artifacts_dir(self) -> Path:
         return self.state_dir / "mlflow" / "artifacts"
+
+    @property
+    def kafka_bootstrap_servers(self) -> str:
+        return self.kafka_bootstrap_override or f"{self.host}:{self.kafka_port}"
+
+    @property
+    def kafka_data_dir(self) -> Path:
+        return self.state_dir / "kafka"
 
     @property
     def model_server_url(self) -> str:
@@ -110,6 +125,17 @@ class Settings(BaseSettings):
             "TAXI_FEAST_REDIS": self.redis_connection_string,
             "TAXI_FEAST_DATA": str(self.feast_data_dir),
         }
+
+    def as_env(self) -> dict[str, str]:
+        """These settings as the environment of a child process (which rebuilds ``Settings``)."""
+        env = {}
+        for name, info in type(self).model_fields.items():
+            value = getattr(self, name)
+            if value is None:
+                continue
+            key = info.alias if info.alias else f"TAXI_{name.upper()}"
+            env[key] = str(value)
+        return env
 
     def resolved_pipeline_python(self) -> Path:
         from taxi_mlops.pipeline_env import find_pipeline_python

@@ -52,3 +52,21 @@ SERVING_DTYPES = {
     "dropoff_community_area": "INT64",
 }
 MODEL_INPUTS = list(SERVING_DTYPES)
+
+
+def model_inputs(trip: dict, store_features: dict) -> dict:
+    """One trip's raw fields plus its store features, gaps filled as ``tables.load_trips`` does."""
+    out = {}
+    for name in FLOAT_FEATURES:
+        value = trip.get(name)
+        out[name] = float(value) if value is not None else 0.0
+    for name in INT_CATEGORICAL_FEATURES:
+        out[name] = int(trip.get(name) or 0)
+    for name in ("pickup_community_area", "dropoff_community_area"):
+        value = trip.get(name)
+        out[name] = int(value) if value is not None else MISSING_AREA
+    out["company"] = trip.get("company") or MISSING_COMPANY
+    out["payment_type"] = trip.get("payment_type") or "Unknown"
+    for name in STORE_FEATURES:
+        out[name] = float(store_features.get(name, STORE_DEFAULTS[name]))
+    return out

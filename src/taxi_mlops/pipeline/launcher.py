@@ -8,7 +8,6 @@ champion to evaluate against, and starts ``taxi_mlops.pipeline.run`` in the TFX 
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 import time
@@ -21,6 +20,7 @@ from taxi_mlops.data import versioning
 from taxi_mlops.features import schema, tables
 from taxi_mlops.registry import models
 from taxi_mlops.settings import Settings
+from taxi_mlops.stack.process import child_env
 
 
 class PipelineFailed(RuntimeError):
@@ -49,7 +49,7 @@ def prepare_input(settings: Settings) -> tuple[Path, versioning.DataVersion]:
 
 
 def pipeline_env(settings: Settings) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PYTHON")}
+    env = {k: v for k, v in child_env().items() if not k.startswith("PYTHON")}
     env.update({
         "PYTHONPATH": str(paths.PROJECT_ROOT / "src"),
         "TF_USE_LEGACY_KERAS": "1",

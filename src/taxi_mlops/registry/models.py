@@ -5,6 +5,7 @@ Clients pass a tracking URI and never care which backend store is behind the ser
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -12,8 +13,17 @@ import mlflow
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 
+# MLflow's client retries for minutes by default; a platform call must fail fast and say so.
+os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
+os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
+os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "15")
+
 CHAMPION = "champion"
 CHALLENGER = "challenger"
+
+
+class RegistryUnavailable(RuntimeError):
+    pass
 
 
 @dataclass(frozen=True)
@@ -39,8 +49,11 @@ def by_alias(tracking_uri: str, name: str, alias: str) -> ModelRef | None:
     """The version holding ``alias``, or None when the model or alias does not exist."""
     try:
         mv = client(tracking_uri).get_model_version_by_alias(name, alias)
-    except MlflowException:
-        return None
+    except MlflowException as exc:
+        if exc.error_code in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE", "NOT_FOUND"):
+            return None
+        raise RegistryUnavailable(f"MLflow at {tracking_uri} did not answer: {exc.message[:200]}. "
+                                  "Is the stack up? `taxi-mlops up`") from exc
     return ModelRef(name=name, version=str(mv.version), alias=alias, source=mv.source,
                     run_id=mv.run_id or "", tags=dict(mv.tags or {}))
 

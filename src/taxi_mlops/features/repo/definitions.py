@@ -8,7 +8,7 @@ import os
 from datetime import timedelta
 from pathlib import Path
 
-from feast import Entity, FeatureService, FeatureView, Field, FileSource
+from feast import Entity, FeatureService, FeatureView, Field, FileSource, ValueType
 from feast.types import Float32, Int64, String
 
 from taxi_mlops.features import schema
@@ -20,11 +20,13 @@ HISTORY_TTL = timedelta(days=365 * 30)
 pickup_area = Entity(
     name="pickup_area",
     join_keys=[schema.AREA_KEY],
+    value_type=ValueType.INT64,
     description="Chicago community area where the trip started (-1: unknown).",
 )
 company = Entity(
     name="company",
     join_keys=[schema.COMPANY_KEY],
+    value_type=ValueType.STRING,
     description="Taxi company ('UNKNOWN' when the trip has none).",
 )
 

@@ -1,0 +1,31 @@
+# The two commands of the README. Everything else is reached through `taxi-mlops`.
+.PHONY: demo test install up down clean bench
+
+VENV := .venv
+CLI := $(VENV)/bin/taxi-mlops
+
+install:
+	@bash scripts/bootstrap.sh
+
+demo: install
+	$(CLI) up
+	$(CLI) train
+	$(CLI) predict
+	$(CLI) status
+	$(CLI) urls
+
+test: install
+	$(VENV)/bin/python -m pytest
+
+up: install
+	$(CLI) up
+
+down:
+	$(CLI) down
+
+bench: install
+	$(VENV)/bin/python bench/predict_load.py
+	$(VENV)/bin/python bench/pipeline_time.py
+
+clean: down
+	rm -rf .state

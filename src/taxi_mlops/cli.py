@@ -1,0 +1,268 @@
+"""``taxi-mlops``: the one entry point of the local platform.
+
+up / down / status run the stack; train runs the TFX pipeline; deploy (re)loads the model
+server on the current champion; predict sends sample trips through the gateway.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+from taxi_mlops.settings import Settings, get_settings
+
+console = Console(highlight=False, width=None if sys.stdout.isatty() else 150)
+err = Console(stderr=True, highlight=False)
+
+
+class CliError(RuntimeError):
+    """An error whose message already says what to do next."""
+
+
+# ---- stack ------------------------------------------------------------------------------
+def cmd_up(settings: Settings, args) -> int:
+    from taxi_mlops.features import store
+    from taxi_mlops.stack import services
+    from taxi_mlops.stack.process import Supervisor
+
+    sup = Supervisor(settings)
+    for service in services.all_services(settings):
+        if service.name == "model_server" and not services.champion_exists(settings):
+            console.print(f"[yellow]model_server[/] waiting: no '{settings.serving_alias}' model "
+                          "yet; `taxi-mlops train` registers one and deploys it")
+            continue
+        with console.status(f"starting {service.name} …"):
+            state = sup.start(service)
+        console.print(f"[green]{service.name}[/] {state} at {service.url}")
+        if service.name == "redis":
+            with console.status("applying the Feast feature repo …"):
+                store.apply(settings)
+            console.print(f"[green]feast[/] repo applied ({settings.feast_repo})")
+    return 0
+
+
+def cmd_down(settings: Settings, args) -> int:
+    from taxi_mlops.stack import services
+    from taxi_mlops.stack.process import Supervisor
+
+    sup = Supervisor(settings)
+    for service in reversed(services.all_services(settings)):
+        stopped = sup.stop(service.name)
+        console.print(f"{service.name}: {'stopped' if stopped else 'not running'}")
+    return 0
+
+
+def stack_status(settings: Settings) -> dict:
+    from taxi_mlops.stack import services
+    from taxi_mlops.stack.process import Supervisor, _safe
+
+    sup = Supervisor(settings)
+    components = {}
+    for service in services.all_services(settings):
+        healthy = _safe(service.healthy)
+        entry = {"url": service.url, "healthy": healthy, "pid": sup.pid(service.name),
+                 "log": str(sup.log_path(service.name))}
+        if healthy and service.details:
+            entry.update(service.details())
+        components[service.name] = entry
+    if "mlflow" not in components:
+        components["mlflow"] = {"url": settings.mlflow_tracking_uri,
+                                "healthy": services._http_ok(f"{settings.mlflow_tracking_uri}/health"),
+                                "external": True}
+    components["mlflow"]["tracking_uri"] = settings.mlflow_tracking_uri
+    registry = settings.feast_data_dir / "registry.db"
+    components["feast"] = {"path": str(settings.feast_repo), "registry": str(registry),
+                           "healthy": registry.exists()}
+    components["mlmd"] = {"path": str(settings.mlmd_path), "healthy": settings.mlmd_path.exists()}
+    return {"state_dir": str(settings.state_dir), "components": components}
+
+
+def cmd_status(settings: Settings, args) -> int:
+    status = stack_status(settings)
+    if args.json:
+        print(json.dumps(status, indent=2))
+        return 0
+    table = Table(title=f"taxi-mlops stack ({status['state_dir']})")
+    for col in ("component", "health", "url / path", "pid"):
+        table.add_column(col)
+    for name, c in status["components"].items():
+        health = "[green]ok[/]" if c["healthy"] else "[red]down[/]"
+        table.add_row(name, health, c.get("url") or c.get("path", ""), str(c.get("pid") or ""))
+    console.print(table)
+    return 0
+
+
+# ---- training and deployment -------------------------------------------------------------
+def _require_up(settings: Settings, names: tuple[str, ...]) -> None:
+    status = stack_status(settings)["components"]
+    down = [n for n in names if n in status and not status[n]["healthy"]]
+    if down:
+        raise CliError(f"{', '.join(down)} not running: start the stack with `taxi-mlops up`.")
+
+
+def cmd_train(settings: Settings, args) -> int:
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from taxi_mlops.pipeline import launcher
+    from taxi_mlops.registry import models
+
+    _require_up(settings, ("redis", "mlflow"))
+    overrides = {"train_steps": args.train_steps} if args.train_steps else {}
+    with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
+                  TimeElapsedColumn(), console=console, transient=False) as progress:
+        task = progress.add_task("data: joining point-in-time features", total=None)
+
+        def on_event(event: dict) -> None:
+            if "components" in event:
+                progress.update(task, total=len(event["components"]), completed=0)
+            elif event.get("state") == "running" and "component" in event:
+                progress.update(task, description=f"pipeline: {event['component']}")
+            elif event.get("state") == "finished" and "component" in event:
+                progress.advance(task)
+                progress.console.print(f"  [green]✓[/] {event['component']}")
+            elif event.get("step") == "data" and event.get("state") == "finished":
+                progress.console.print(f"  [green]✓[/] data version {event['data_version']}")
+
+        result = launcher.run_training(settings, progress=on_event, **overrides)
+    console.print(f"pipeline finished in {result.seconds:.1f}s (log: {result.log_path})")
+    champion = models.by_alias(settings.mlflow_tracking_uri, settings.model_name, models.CHAMPION)
+    challenger = models.by_alias(settings.mlflow_tracking_uri, settings.model_name, models.CHALLENGER)
+    for ref in (champion, challenger):
+        if ref:
+            console.print(f"  {ref.name} v{ref.version} @{ref.alias}: accuracy "
+                          f"{float(ref.tags.get('eval_binary_accuracy', 'nan')):.3f}, AUC "
+                          f"{float(ref.tags.get('eval_auc', 'nan')):.3f}")
+    if not args.no_deploy and champion:
+        return cmd_deploy(settings, args)
+    return 0
+
+
+def cmd_deploy(settings: Settings, args) -> int:
+    """(Re)start the model server so it loads the version now holding the serving alias."""
+    from taxi_mlops.stack import services
+    from taxi_mlops.stack.process import Supervisor
+
+    _require_up(settings, ("mlflow",))
+    if not services.champion_exists(settings):
+        raise CliError(f"no '{settings.serving_alias}' version of {settings.model_name} in MLflow: "
+                       "run `taxi-mlops train` first.")
+    sup = Supervisor(settings)
+    sup.stop("model_server")
+    with console.status("loading the model into the model server …"):
+        sup.start(services.model_server_service(settings))
+    console.print(f"[green]model_server[/] serving {settings.model_name}@{settings.serving_alias} "
+                  f"at {settings.model_server_url}")
+    gateway = services.gateway_service(settings)
+    if sup.pid("gateway") is None:
+        sup.start(gateway)
+        console.print(f"[green]gateway[/] started at {settings.gateway_url}")
+    return 0
+
+
+SAMPLE_TRIPS = [
+    {"trip_id": "sample-card-loop", "trip_miles": 1.1, "fare": 6.25, "trip_seconds": 420,
+     "trip_start_hour": 9, "trip_start_day": 3, "trip_start_month": 6, "pickup_community_area": 8,
+     "dropoff_community_area": 32, "payment_type": "Credit Card", "company": "Taxi Affiliation Services"},
+    {"trip_id": "sample-cash-airport", "trip_miles": 17.4, "fare": 44.75, "trip_seconds": 2100,
+     "trip_start_hour": 17, "trip_start_day": 6, "trip_start_month": 10, "pickup_community_area": 76,
+     "dropoff_community_area": 8, "payment_type": "Cash", "company": "Dispatch Taxi Affiliation"},
+    {"trip_id": "sample-card-night", "trip_miles": 4.6, "fare": 15.5, "trip_seconds": 960,
+     "trip_start_hour": 23, "trip_start_day": 7, "trip_start_month": 12, "pickup_community_area": 32,
+     "dropoff_community_area": 6, "payment_type": "Credit Card", "company": "Flash Cab"},
+    {"trip_id": "sample-unseen-company", "trip_miles": 2.0, "fare": 8.0, "trip_seconds": 540,
+     "trip_start_hour": 12, "trip_start_day": 2, "trip_start_month": 3, "pickup_community_area": 28,
+     "payment_type": "Credit Card", "company": "A Company Never Seen"},
+]
+
+
+def cmd_predict(settings: Settings, args) -> int:
+    import httpx
+
+    trips = SAMPLE_TRIPS if not args.file else json.loads(Path(args.file).read_text())
+    if isinstance(trips, dict):
+        trips = [trips]
+    table = Table(title=f"predictions from {settings.gateway_url}/predict")
+    for col in ("trip", "payment", "area", "company", "tip_probability", "big_tipper", "model", "ms"):
+        table.add_column(col)
+    with httpx.Client(timeout=10) as client:
+        for trip in trips:
+            try:
+                r = client.post(f"{settings.gateway_url}/predict", json=trip)
+            except httpx.HTTPError as exc:
+                raise CliError(f"gateway at {settings.gateway_url} unreachable ({exc}): "
+                               "`taxi-mlops up` then `taxi-mlops deploy`.") from exc
+            if r.status_code != 200:
+                raise CliError(f"gateway answered {r.status_code}: {r.text[:400]}")
+            p = r.json()
+            table.add_row(str(p["trip_id"]), trip["payment_type"], str(trip.get("pickup_community_area")),
+                          str(trip.get("company")), f"{p['tip_probability']:.3f}", str(p["big_tipper"]),
+                          f"v{p['model']['version']}@{p['model']['alias']}",
+                          f"{p['latency_ms']:.1f}")
+    console.print(table)
+    return 0
+
+
+def cmd_urls(settings: Settings, args) -> int:
+    console.print(f"gateway      {settings.gateway_url}/docs")
+    console.print(f"model server {settings.model_server_url}/v2/models/{settings.model_name}")
+    console.print(f"MLflow       {settings.mlflow_tracking_uri}")
+    console.print(f"Redis        {settings.redis_url}")
+    console.print(f"Feast repo   {settings.feast_repo}")
+    console.print(f"MLMD         {settings.mlmd_path}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="taxi-mlops", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("up", help="start the local stack (idempotent)").set_defaults(func=cmd_up)
+    sub.add_parser("down", help="stop the local stack").set_defaults(func=cmd_down)
+    p = sub.add_parser("status", help="health of every component")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.set_defaults(func=cmd_status)
+    p = sub.add_parser("train", help="run the TFX pipeline, register and deploy a blessed model")
+    p.add_argument("--train-steps", type=int, default=None)
+    p.add_argument("--no-deploy", action="store_true", help="do not reload the model server")
+    p.set_defaults(func=cmd_train)
+    sub.add_parser("deploy", help="load the current champion into the model server").set_defaults(
+        func=cmd_deploy)
+    p = sub.add_parser("predict", help="send sample trips (or a JSON file) through the gateway")
+    p.add_argument("--file", help="JSON file with one trip or a list of trips")
+    p.set_defaults(func=cmd_predict)
+    sub.add_parser("urls", help="where everything is").set_defaults(func=cmd_urls)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        settings = get_settings()
+    except Exception as exc:  # pydantic names the bad variable
+        err.print(f"[red]error:[/] invalid settings: {exc}")
+        return 2
+    from taxi_mlops.data.versioning import DataVersionError
+    from taxi_mlops.pipeline.launcher import PipelineFailed
+    from taxi_mlops.pipeline_env import PipelineEnvError
+    from taxi_mlops.registry.models import RegistryUnavailable
+    from taxi_mlops.stack.process import ServiceStartError
+
+    started = time.monotonic()
+    try:
+        return args.func(settings, args)
+    except (CliError, ServiceStartError, PipelineFailed, PipelineEnvError, DataVersionError,
+            RegistryUnavailable) as exc:
+        err.print(f"[red]error:[/] {exc}")
+        return 1
+    finally:
+        if args.command in ("train",):
+            console.print(f"[dim]{args.command} took {time.monotonic() - started:.1f}s[/]")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,3 @@
+from taxi_mlops.gateway.app import main
+
+main()

@@ -1,0 +1,154 @@
+"""The prediction gateway: validate a trip, look up its features, ask the model server.
+
+``POST /predict`` is the platform's front door; ``GET /health`` reports each dependency.
+Bad input is a 4xx naming the field; a dependency that is down is a 503 saying which, within
+``Settings.request_timeout_s``. Nothing here knows how the model computes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI, Request
+from fastapi.concurrency import run_in_threadpool
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+
+from taxi_mlops.features import schema
+from taxi_mlops.gateway.features import FeatureLookup
+from taxi_mlops.gateway.inference import InferenceClient, ModelServerError
+from taxi_mlops.gateway.schemas import ModelInfo, Prediction, Trip
+from taxi_mlops.settings import Settings, get_settings
+
+log = logging.getLogger("taxi_mlops.gateway")
+MAX_BODY_BYTES = 64 * 1024
+
+
+class DependencyDown(Exception):
+    def __init__(self, dependency: str, message: str):
+        super().__init__(message)
+        self.dependency, self.message = dependency, message
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or get_settings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        app.state.features = None
+        try:  # warm the Feast client now; if Redis is not up yet, the first request retries
+            app.state.features = await asyncio.wait_for(run_in_threadpool(FeatureLookup, settings),
+                                                        settings.request_timeout_s * 5)
+        except Exception as exc:
+            log.warning("feature store not ready at start-up (%s); will retry per request", exc)
+        app.state.inference = InferenceClient(settings.model_server_url, settings.model_name,
+                                              settings.request_timeout_s)
+        yield
+        await app.state.inference.close()
+
+    app = FastAPI(
+        title="Chicago Taxi tip gateway",
+        version="1.0",
+        description="Predicts whether a trip's tip exceeds 20% of the fare, using online "
+                    "features from Feast and the model served by KServe.",
+        lifespan=lifespan,
+    )
+
+    async def features_for(trip: Trip) -> tuple[dict, list[str]]:
+        lookup = app.state.features
+        try:
+            if lookup is None:  # built lazily: the gateway starts even if Redis is not up yet
+                lookup = await asyncio.wait_for(run_in_threadpool(FeatureLookup, settings),
+                                                settings.request_timeout_s * 5)
+                app.state.features = lookup
+            area = trip.pickup_community_area if trip.pickup_community_area is not None else schema.MISSING_AREA
+            company = trip.company or schema.MISSING_COMPANY
+            return await asyncio.wait_for(run_in_threadpool(lookup.lookup, area, company),
+                                          settings.request_timeout_s)
+        except asyncio.TimeoutError as exc:
+            raise DependencyDown("feature_store", "feature store (Redis) timed out") from exc
+        except Exception as exc:  # Feast raises many types for a down Redis
+            raise DependencyDown("feature_store", f"feature store unavailable: {exc}") from exc
+
+    @app.middleware("http")
+    async def limit_body(request: Request, call_next):
+        length = request.headers.get("content-length")
+        if length and length.isdigit() and int(length) > MAX_BODY_BYTES:
+            return JSONResponse(status_code=413, content={
+                "detail": [{"field": "body", "message": f"request body over {MAX_BODY_BYTES} bytes"}]})
+        return await call_next(request)
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(request: Request, exc: RequestValidationError):
+        errors = []
+        for err in exc.errors():
+            loc = [str(p) for p in err.get("loc", ()) if p != "body"]
+            field = ".".join(loc) or "body"
+            message = err.get("msg", "invalid")
+            if err.get("type") == "json_invalid":
+                field, message = "body", "request body is not valid JSON"
+            errors.append({"field": field, "message": message})
+        return JSONResponse(status_code=422, content={"detail": errors})
+
+    @app.exception_handler(DependencyDown)
+    async def dependency_down(request: Request, exc: DependencyDown):
+        return JSONResponse(status_code=503, content={
+            "detail": exc.message, "dependency": exc.dependency})
+
+    @app.post("/predict", response_model=Prediction, responses={
+        422: {"description": "Invalid trip: each error names its field."},
+        503: {"description": "A dependency (feature store or model server) is unavailable."}})
+    async def predict(trip: Trip) -> Prediction:
+        started = time.perf_counter()
+        request_id = uuid.uuid4().hex
+        store_features, defaulted = await features_for(trip)
+        inputs = schema.model_inputs(trip.model_dump(), store_features)
+        try:
+            probability, version = await app.state.inference.infer(request_id, inputs)
+        except ModelServerError as exc:
+            raise DependencyDown("model_server", str(exc)) from exc
+        return Prediction(
+            request_id=request_id,
+            trip_id=trip.trip_id,
+            tip_probability=min(max(probability, 0.0), 1.0),
+            big_tipper=probability >= 0.5,
+            model=ModelInfo(name=settings.model_name, version=version, alias=settings.serving_alias),
+            features_used=inputs,
+            defaulted_features=defaulted,
+            latency_ms=round((time.perf_counter() - started) * 1000, 3),
+        )
+
+    @app.get("/health")
+    async def health():
+        checks = {"model_server": await app.state.inference.ready()}
+        try:
+            if app.state.features is None:
+                app.state.features = await asyncio.wait_for(
+                    run_in_threadpool(FeatureLookup, settings), settings.request_timeout_s * 5)
+            await asyncio.wait_for(run_in_threadpool(app.state.features.ping), settings.request_timeout_s)
+            checks["feature_store"] = {"ok": True, "redis": settings.redis_url,
+                                       "repo": str(settings.feast_repo)}
+        except Exception as exc:
+            checks["feature_store"] = {"ok": False, "redis": settings.redis_url,
+                                       "error": str(exc) or type(exc).__name__}
+        ok = all(c["ok"] for c in checks.values())
+        return JSONResponse(status_code=200 if ok else 503,
+                            content={"status": "ok" if ok else "degraded", "dependencies": checks})
+
+    return app
+
+
+def main() -> None:
+    import uvicorn
+
+    settings = get_settings()
+    uvicorn.run(create_app(settings), host=settings.host, port=settings.gateway_port,
+                log_level="info", timeout_keep_alive=30)
+
+
+if __name__ == "__main__":
+    main()

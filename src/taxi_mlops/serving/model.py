@@ -1,0 +1,140 @@
+"""The tip model as KServe sees it: load from the registry, check inputs, predict.
+
+Knows nothing about HTTP: the KServe data plane hands it decoded v2 requests (or v1
+``instances``) and turns what it returns or raises (``InvalidInput`` -> 400) into responses.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+from kserve import InferOutput, InferRequest, InferResponse, Model  # noqa: E402
+from kserve.errors import InvalidInput  # noqa: E402
+
+from taxi_mlops.features import schema  # noqa: E402
+from taxi_mlops.registry import models  # noqa: E402
+
+log = logging.getLogger(__name__)
+
+NUMPY_DTYPES = {"FP32": np.float32, "INT64": np.int64, "BYTES": object}
+OUTPUT = "tip_probability"
+
+
+class ModelNotRegistered(RuntimeError):
+    pass
+
+
+class TaxiTipModel(Model):
+    """One registry alias of ``chicago-taxi-tips`` served under one name."""
+
+    def __init__(self, name: str, tracking_uri: str, registered_name: str, alias: str,
+                 cache_dir: Path | None = None):
+        super().__init__(name)
+        self.tracking_uri = tracking_uri
+        self.registered_name = registered_name
+        self.alias = alias
+        self.cache_dir = cache_dir or Path(tempfile.mkdtemp(prefix="taxi-model-"))
+        self.version: str | None = None
+        self._predict_fn = None
+
+    # ---- load ------------------------------------------------------------------------------
+    def load(self) -> bool:
+        import tensorflow as tf
+
+        ref = models.by_alias(self.tracking_uri, self.registered_name, self.alias)
+        if ref is None:
+            raise ModelNotRegistered(
+                f"no version of {self.registered_name!r} has alias {self.alias!r} in MLflow at "
+                f"{self.tracking_uri}: run `taxi-mlops train` first"
+            )
+        path = models.download(self.tracking_uri, ref, self.cache_dir / f"v{ref.version}")
+        self._predict_fn = tf.saved_model.load(str(path)).signatures["serving_default"]
+        self.version = ref.version
+        self.ready = True
+        log.info("loaded %s version %s (%s) from %s", self.registered_name, ref.version, self.alias, path)
+        return self.ready
+
+    # ---- protocol metadata ------------------------------------------------------------------
+    def get_input_types(self) -> list[dict]:
+        return [{"name": n, "datatype": dt, "shape": [-1]} for n, dt in schema.SERVING_DTYPES.items()]
+
+    def get_output_types(self) -> list[dict]:
+        return [{"name": OUTPUT, "datatype": "FP32", "shape": [-1]}]
+
+    # ---- preprocess / predict ---------------------------------------------------------------
+    async def preprocess(self, payload: InferRequest | dict, headers: dict | None = None) -> dict:
+        """Named, typed, equally long columns, whichever protocol they came in by."""
+        if isinstance(payload, InferRequest):
+            columns = {}
+            for inp in payload.inputs:
+                try:
+                    columns[inp.name] = inp.as_numpy()
+                except (TypeError, ValueError) as exc:
+                    raise InvalidInput(f"input {inp.name!r} does not match {inp.datatype}: {exc}") from exc
+            return {**_columns(columns), "id": payload.id}
+        elif isinstance(payload, dict) and isinstance(payload.get("instances"), list):
+            rows = payload["instances"]
+            if not rows or not all(isinstance(r, dict) for r in rows):
+                raise InvalidInput("'instances' must be a non-empty list of objects")
+            columns = {n: [r.get(n) for r in rows] for n in schema.MODEL_INPUTS}
+        else:
+            raise InvalidInput("expected a v2 inference request or a v1 {'instances': [...]} body")
+        return _columns(columns)
+
+    async def predict(self, payload: dict, headers: dict | None = None,
+                      response_headers: dict | None = None) -> InferResponse | dict:
+        import tensorflow as tf
+
+        tensors = {n: tf.constant(v) for n, v in payload["columns"].items()}
+        probabilities = self._predict_fn(**tensors)[OUTPUT].numpy().astype(np.float32)
+        if payload["protocol"] == "v1":
+            return {"predictions": probabilities.tolist(), "model_version": self.version}
+        return InferResponse(
+            response_id=payload.get("id") or "", model_name=self.name, model_version=self.version,
+            infer_outputs=[InferOutput(name=OUTPUT, shape=list(probabilities.shape),
+                                       datatype="FP32", data=probabilities)],
+        )
+
+
+def _columns(columns: dict[str, Any]) -> dict:
+    protocol = "v2"
+    missing = [n for n in schema.MODEL_INPUTS if n not in columns]
+    if missing:
+        raise InvalidInput(f"missing input(s): {', '.join(missing)}")
+    unknown = sorted(set(columns) - set(schema.MODEL_INPUTS))
+    if unknown:
+        raise InvalidInput(f"unknown input(s): {', '.join(unknown)}")
+    out, length = {}, None
+    for name, datatype in schema.SERVING_DTYPES.items():
+        values = columns[name]
+        if not isinstance(values, np.ndarray):
+            protocol = "v1"
+        try:
+            if datatype == "BYTES":
+                array = np.array([v.decode() if isinstance(v, bytes) else str(v)
+                                  for v in np.asarray(values, dtype=object).reshape(-1)], dtype=object)
+                if any(v is None for v in np.asarray(values, dtype=object).reshape(-1)):
+                    raise ValueError("null value")
+            else:
+                raw = np.asarray(values, dtype=object).reshape(-1)
+                if any(v is None or isinstance(v, (str, bytes)) for v in raw):
+                    raise ValueError("not a number")
+                array = raw.astype(NUMPY_DTYPES[datatype])
+        except (TypeError, ValueError) as exc:
+            raise InvalidInput(f"input {name!r} must be {datatype}: {exc}") from exc
+        if length is None:
+            length = len(array)
+        elif len(array) != length:
+            raise InvalidInput(f"input {name!r} has {len(array)} values, others have {length}")
+        out[name] = array
+    if not length:
+        raise InvalidInput("empty batch")
+    return {"columns": out, "protocol": protocol}

@@ -1,0 +1,164 @@
+"""Start, watch and stop the platform's local processes.
+
+Each service is a command, a health probe and a name; its pid file and log live in the
+state directory. ``start`` is idempotent (a healthy running service is left alone) and a
+service that fails says which, why, and where its log is.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from taxi_mlops.settings import Settings
+
+
+# Importing feast points prometheus_client at a temporary folder it deletes on exit; a child
+# inheriting these would crash on its first metric.
+PROCESS_LOCAL_VARS = ("PROMETHEUS_MULTIPROC_DIR", "PROMETHEUS_MULTIPROCESS_DIR")
+
+
+def child_env(extra: dict[str, str] | None = None) -> dict[str, str]:
+    """This process's environment minus process-local variables, plus ``extra``."""
+    env = {k: v for k, v in os.environ.items() if k not in PROCESS_LOCAL_VARS}
+    env.update(extra or {})
+    return env
+
+
+class ServiceStartError(RuntimeError):
+    def __init__(self, name: str, reason: str, log_path: Path):
+        tail = ""
+        if log_path.exists():
+            tail = "\n".join(log_path.read_text(errors="replace").splitlines()[-15:])
+        super().__init__(f"{name} did not start: {reason}. Log: {log_path}\n{tail}")
+        self.name, self.reason, self.log_path = name, reason, log_path
+
+
+@dataclass
+class Service:
+    name: str
+    command: list[str]
+    healthy: Callable[[], bool]
+    url: str
+    env: dict[str, str] = field(default_factory=dict)
+    cwd: Path | None = None
+    prepare: Callable[[], None] | None = None  # runs before the first start (dirs, formats)
+    stop_timeout_s: float = 15.0
+    details: Callable[[], dict] | None = None  # extra fields for `status`
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:  # a zombie child counts as dead
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split(") ", 1)[1][0] != "Z"
+    except OSError:
+        return True
+
+
+def wait_for(predicate: Callable[[], bool], timeout_s: float, interval_s: float = 0.2) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(interval_s)
+    return predicate()
+
+
+class Supervisor:
+    def __init__(self, settings: Settings):
+        self.settings = settings
+        settings.run_dir.mkdir(parents=True, exist_ok=True)
+        settings.logs_dir.mkdir(parents=True, exist_ok=True)
+
+    def pid_path(self, name: str) -> Path:
+        return self.settings.run_dir / f"{name}.pid"
+
+    def log_path(self, name: str) -> Path:
+        return self.settings.logs_dir / f"{name}.log"
+
+    def pid(self, name: str) -> int | None:
+        try:
+            pid = int(self.pid_path(name).read_text().strip())
+        except (OSError, ValueError):
+            return None
+        return pid if pid_alive(pid) else None
+
+    def start(self, service: Service) -> str:
+        """Start ``service`` unless it is already up; returns 'running' or 'started'."""
+        pid = self.pid(service.name)
+        if pid and _safe(service.healthy):
+            return "running"
+        if pid:
+            self.stop(service.name)
+        if _safe(service.healthy):
+            raise ServiceStartError(service.name, f"something else already answers at {service.url}"
+                                    " (stop it or choose another port in the settings)",
+                                    self.log_path(service.name))
+        if service.prepare:
+            service.prepare()
+        log = self.log_path(service.name).open("ab")
+        log.write(f"\n--- start {time.strftime('%Y-%m-%d %H:%M:%S')}: {' '.join(service.command)}\n".encode())
+        log.flush()
+        try:
+            proc = subprocess.Popen(
+                service.command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                env=child_env(service.env), cwd=service.cwd, start_new_session=True,
+            )
+        except OSError as exc:
+            raise ServiceStartError(service.name, f"cannot run {service.command[0]}: {exc}",
+                                    self.log_path(service.name)) from exc
+        finally:
+            log.close()
+        self.pid_path(service.name).write_text(str(proc.pid))
+        ok = wait_for(lambda: proc.poll() is not None or _safe(service.healthy),
+                      self.settings.startup_timeout_s)
+        if proc.poll() is not None:
+            self.pid_path(service.name).unlink(missing_ok=True)
+            raise ServiceStartError(service.name, f"exited with code {proc.returncode}",
+                                    self.log_path(service.name))
+        if not ok or not _safe(service.healthy):
+            self.stop(service.name)
+            raise ServiceStartError(
+                service.name, f"not healthy at {service.url} after {self.settings.startup_timeout_s:.0f}s",
+                self.log_path(service.name))
+        return "started"
+
+    def stop(self, name: str, timeout_s: float = 15.0) -> bool:
+        """SIGTERM the service's process group, SIGKILL after ``timeout_s``; True if it ran."""
+        pid = self.pid(name)
+        self.pid_path(name).unlink(missing_ok=True)
+        if not pid:
+            return False
+        for sig, wait in ((signal.SIGTERM, timeout_s), (signal.SIGKILL, 5.0)):
+            try:
+                os.killpg(pid, sig)
+            except ProcessLookupError:
+                return True
+            if wait_for(lambda: not pid_alive(pid), wait, 0.1):
+                return True
+        return True
+
+    def kill(self, name: str) -> None:
+        """SIGKILL at once (tests use it to simulate a crash)."""
+        pid = self.pid(name)
+        if pid:
+            os.killpg(pid, signal.SIGKILL)
+            wait_for(lambda: not pid_alive(pid), 5.0, 0.05)
+
+
+def _safe(probe: Callable[[], bool]) -> bool:
+    try:
+        return bool(probe())
+    except Exception:  # a probe that raises means "not healthy", never a crash
+        return False

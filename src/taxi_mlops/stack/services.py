@@ -1,0 +1,106 @@
+"""The local stack's services, in start order, each built from ``Settings``.
+
+Adding a component means adding a function here that returns a ``Service``; ``up``, ``down``
+and ``status`` pick it up from ``all_services``.
+"""
+
+from __future__ import annotations
+
+import shutil
+import sys
+
+import httpx
+
+from taxi_mlops.registry import models
+from taxi_mlops.settings import Settings
+from taxi_mlops.stack.process import Service
+
+PROBE_TIMEOUT_S = 2.0
+
+
+def _http_ok(url: str) -> bool:
+    try:
+        return httpx.get(url, timeout=PROBE_TIMEOUT_S).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+def _redis_ok(settings: Settings) -> bool:
+    import redis
+
+    return bool(redis.Redis(host=settings.host, port=settings.redis_port,
+                            socket_timeout=PROBE_TIMEOUT_S, socket_connect_timeout=PROBE_TIMEOUT_S).ping())
+
+
+def redis_service(settings: Settings) -> Service:
+    binary = shutil.which("redis-server") or "/usr/bin/redis-server"
+    data = settings.state_dir / "redis"
+    return Service(
+        name="redis",
+        command=[binary, "--bind", settings.host, "--port", str(settings.redis_port),
+                 "--dir", str(data), "--save", "60", "1", "--appendonly", "no",
+                 "--protected-mode", "yes", "--daemonize", "no"],
+        healthy=lambda: _redis_ok(settings),
+        url=settings.redis_url,
+        prepare=lambda: data.mkdir(parents=True, exist_ok=True),
+    )
+
+
+def mlflow_service(settings: Settings) -> Service | None:
+    if settings.mlflow_tracking_uri_override:
+        return None  # an external tracking server: nothing to start
+    settings.mlflow_artifacts_dir.mkdir(parents=True, exist_ok=True)
+    return Service(
+        name="mlflow",
+        command=[sys.executable, "-m", "mlflow", "server", "--host", settings.host,
+                 "--port", str(settings.mlflow_port),
+                 "--backend-store-uri", settings.mlflow_backend_store_uri,
+                 "--artifacts-destination", str(settings.mlflow_artifacts_dir),
+                 "--workers", "1"],
+        healthy=lambda: _http_ok(f"{settings.mlflow_tracking_uri}/health"),
+        url=settings.mlflow_tracking_uri,
+        env={"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"},
+    )
+
+
+def model_server_service(settings: Settings) -> Service:
+    return Service(
+        name="model_server",
+        command=[sys.executable, "-m", "taxi_mlops.serving.model_server"],
+        healthy=lambda: _http_ok(f"{settings.model_server_url}/v2/models/{settings.model_name}/ready"),
+        url=settings.model_server_url,
+        env={**settings.as_env(), "TF_CPP_MIN_LOG_LEVEL": "2"},
+        details=lambda: _serving_details(settings),
+    )
+
+
+def gateway_service(settings: Settings) -> Service:
+    return Service(
+        name="gateway",
+        command=[sys.executable, "-m", "taxi_mlops.gateway"],
+        healthy=lambda: _http_ok(f"{settings.gateway_url}/openapi.json"),
+        url=settings.gateway_url,
+        env=settings.as_env(),
+        details=lambda: {"docs": f"{settings.gateway_url}/docs"},
+    )
+
+
+def _serving_details(settings: Settings) -> dict:
+    try:
+        meta = httpx.get(f"{settings.model_server_url}/v2/models/{settings.model_name}",
+                         timeout=PROBE_TIMEOUT_S).json()
+        return {"model": meta.get("name"), "alias": settings.serving_alias}
+    except (httpx.HTTPError, ValueError):
+        return {}
+
+
+def champion_exists(settings: Settings) -> bool:
+    return models.by_alias(settings.mlflow_tracking_uri, settings.model_name,
+                           settings.serving_alias) is not None
+
+
+def all_services(settings: Settings) -> list[Service]:
+    """Every service the local stack runs, in start order (stop in reverse)."""
+    services = [redis_service(settings), mlflow_service(settings),
+                model_server_service(settings), gateway_service(settings)]
+    return [s for s in services if s is not None]
