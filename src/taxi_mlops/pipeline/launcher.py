@@ -54,9 +54,7 @@ def pipeline_env(settings: Settings) -> dict[str, str]:
         "PYTHONPATH": str(paths.PROJECT_ROOT / "src"),
         "TF_USE_LEGACY_KERAS": "1",
         "TF_CPP_MIN_LOG_LEVEL": "2",
-        "TAXI_STATE_DIR": str(settings.state_dir),
-        "TAXI_REDIS_PORT": str(settings.redis_port),
-        "TAXI_HOST": settings.host,
+        **settings.as_env(),  # the FeastPusher's platform-side call rebuilds the same Settings
         "MLFLOW_HTTP_REQUEST_TIMEOUT": "60",
     })
     return env

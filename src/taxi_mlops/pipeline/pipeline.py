@@ -18,11 +18,9 @@ from taxi_mlops.features import schema
 from taxi_mlops.pipeline.components.dvc_example_gen.component import DvcCsvExampleGen
 from taxi_mlops.pipeline.components.feast_pusher.component import FeastPusher
 from taxi_mlops.pipeline.components.mlflow_logger.component import MlflowLogger
+from taxi_mlops.pipeline.quality import MAX_REGRESSION, MIN_ACCURACY, MIN_AUC
 
 PIPELINE_NAME = "chicago_taxi_tips"
-MIN_ACCURACY = 0.70
-MIN_AUC = 0.85
-MAX_REGRESSION = 0.01  # a challenger may be at most this much worse than the champion
 
 
 @dataclasses.dataclass

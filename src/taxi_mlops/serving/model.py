@@ -112,7 +112,7 @@ def _columns(columns: dict[str, Any]) -> dict:
     unknown = sorted(set(columns) - set(schema.MODEL_INPUTS))
     if unknown:
         raise InvalidInput(f"unknown input(s): {', '.join(unknown)}")
-    out, length = {}, None
+    out, length, first = {}, None, None
     for name, datatype in schema.SERVING_DTYPES.items():
         values = columns[name]
         if not isinstance(values, np.ndarray):
@@ -131,9 +131,10 @@ def _columns(columns: dict[str, Any]) -> dict:
         except (TypeError, ValueError) as exc:
             raise InvalidInput(f"input {name!r} must be {datatype}: {exc}") from exc
         if length is None:
-            length = len(array)
+            length, first = len(array), name
         elif len(array) != length:
-            raise InvalidInput(f"input {name!r} has {len(array)} values, others have {length}")
+            raise InvalidInput(f"inputs must have equal lengths: {first!r} has {length} values, "
+                               f"{name!r} has {len(array)}")
         out[name] = array
     if not length:
         raise InvalidInput("empty batch")

@@ -1,0 +1,88 @@
+"""Kafka client configurations shared by every producer, consumer and admin call.
+
+One place for the settings that make failures visible instead of silent: explicit timeouts,
+Java-compatible key partitioning (so a Java or Go client keys records the same way) and
+quiet logs while a broker is (re)starting.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from taxi_mlops.settings import Settings
+
+PROBE_TIMEOUT_S = 2.0
+ADMIN_TIMEOUT_S = 15.0
+
+_quiet = logging.getLogger("taxi_mlops.streaming.librdkafka")
+_quiet.addHandler(logging.NullHandler())
+_quiet.propagate = False
+
+
+def bootstrap(settings_or_bootstrap: Settings | str) -> str:
+    if isinstance(settings_or_bootstrap, str):
+        return settings_or_bootstrap
+    return settings_or_bootstrap.kafka_bootstrap_servers
+
+
+def common(bootstrap_servers: str, client_id: str, quiet: bool = False) -> dict:
+    conf = {
+        "bootstrap.servers": bootstrap_servers,
+        "client.id": client_id,
+        "socket.timeout.ms": 10_000,
+        "socket.connection.setup.timeout.ms": 5_000,
+        # librdkafka prefers IPv6 for "localhost"; the platform binds 127.0.0.1 only.
+        "broker.address.family": "v4",
+    }
+    if quiet:  # probes: a broker that is down is an answer, not an error to print
+        conf["logger"] = _quiet
+        conf["log_level"] = 0
+    return conf
+
+
+def producer_config(bootstrap_servers: str, client_id: str, **extra) -> dict:
+    """An idempotent, acks=all producer: a retried send never duplicates or reorders a key."""
+    conf = {
+        **common(bootstrap_servers, client_id),
+        "enable.idempotence": True,
+        "acks": "all",
+        "partitioner": "murmur2_random",  # the Java client's partitioner
+        "compression.type": "lz4",
+        "linger.ms": 5,
+        "message.timeout.ms": 120_000,
+    }
+    conf.update(extra)
+    return conf
+
+
+def consumer_config(bootstrap_servers: str, client_id: str, group_id: str, **extra) -> dict:
+    conf = {
+        **common(bootstrap_servers, client_id),
+        "group.id": group_id,
+        "enable.auto.commit": False,
+        "enable.auto.offset.store": False,
+        "auto.offset.reset": "earliest",
+        "isolation.level": "read_committed",
+        "session.timeout.ms": 10_000,
+        "heartbeat.interval.ms": 2_000,
+        "max.poll.interval.ms": 300_000,
+    }
+    conf.update(extra)
+    return conf
+
+
+def admin(bootstrap_servers: str, quiet: bool = False):
+    from confluent_kafka.admin import AdminClient
+
+    return AdminClient(common(bootstrap_servers, "taxi-mlops-admin", quiet=quiet))
+
+
+def broker_reachable(bootstrap_servers: str, timeout_s: float = PROBE_TIMEOUT_S) -> bool:
+    """A metadata request answered by at least one broker."""
+    from confluent_kafka import KafkaException
+
+    try:
+        metadata = admin(bootstrap_servers, quiet=True).list_topics(timeout=timeout_s)
+    except KafkaException:
+        return False
+    return bool(metadata.brokers)

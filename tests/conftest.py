@@ -1,0 +1,87 @@
+"""One real stack per test session: Redis, MLflow, Feast, the TFX pipeline, KServe, gateway.
+
+Everything is started by the platform's own code on 127.0.0.1, on free ports, with a fresh
+state directory, so the suite runs beside a developer's `taxi-mlops up` stack.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from pathlib import Path
+
+import pytest
+
+from taxi_mlops.features import store
+from taxi_mlops.pipeline import launcher
+from taxi_mlops.registry import models
+from taxi_mlops.settings import Settings
+from taxi_mlops.stack import services
+from taxi_mlops.stack.process import Supervisor
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def settings(tmp_path_factory) -> Settings:
+    state = Path(os.environ.get("TAXI_TEST_STATE_DIR") or tmp_path_factory.mktemp("state"))
+    return Settings(state_dir=state, redis_port=free_port(), mlflow_port=free_port(),
+                    model_server_port=free_port(), gateway_port=free_port(),
+                    request_timeout_s=2.0)
+
+
+@pytest.fixture(scope="session")
+def supervisor(settings) -> Supervisor:
+    return Supervisor(settings)
+
+
+@pytest.fixture(scope="session")
+def base_stack(settings, supervisor):
+    """Redis + MLflow + applied Feast repo (no model yet)."""
+    os.environ.update(settings.feast_env())
+    supervisor.start(services.redis_service(settings))
+    supervisor.start(services.mlflow_service(settings))
+    store.apply(settings)
+    yield settings
+    for service in reversed(services.all_services(settings)):
+        supervisor.stop(service.name)
+
+
+@pytest.fixture(scope="session")
+def trained(base_stack, settings):
+    """The pipeline run once from an empty state directory."""
+    events = []
+    result = launcher.run_training(settings, progress=events.append)
+    return {"result": result, "events": events}
+
+
+@pytest.fixture(scope="session")
+def stack(trained, settings, supervisor):
+    """The whole stack serving the champion trained above."""
+    supervisor.start(services.model_server_service(settings))
+    supervisor.start(services.gateway_service(settings))
+    return settings
+
+
+@pytest.fixture(scope="session")
+def champion(trained, settings) -> models.ModelRef:
+    ref = models.by_alias(settings.mlflow_tracking_uri, settings.model_name, models.CHAMPION)
+    assert ref is not None, "the first blessed model must become champion"
+    return ref
+
+
+TRIP = {
+    "trip_id": "t-1", "trip_miles": 2.5, "fare": 9.75, "trip_seconds": 600,
+    "trip_start_hour": 13, "trip_start_day": 4, "trip_start_month": 7,
+    "pickup_community_area": 8, "dropoff_community_area": 32,
+    "payment_type": "Credit Card", "company": "Taxi Affiliation Services",
+}
+
+
+@pytest.fixture
+def trip() -> dict:
+    return dict(TRIP)

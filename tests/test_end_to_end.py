@@ -1,0 +1,86 @@
+"""From an empty state directory to a served prediction, through every real component."""
+
+import httpx
+import pytest
+import yaml
+
+from taxi_mlops.features import schema, store
+from taxi_mlops.pipeline.quality import MIN_ACCURACY, MIN_AUC
+from taxi_mlops.registry import models
+
+pytestmark = pytest.mark.slow
+
+
+def test_pipeline_ran_every_component_and_registered_champion(trained, champion):
+    finished = [e["component"] for e in trained["events"] if e.get("state") == "finished"
+                and "component" in e]
+    assert finished == trained["result"].components
+    for name in ("DvcCsvExampleGen", "StatisticsGen", "SchemaGen", "ExampleValidator", "Transform",
+                 "Trainer", "Evaluator", "Pusher", "FeastPusher", "MlflowLogger"):
+        assert name in finished
+    assert champion.alias == "champion" and int(champion.version) >= 1
+
+
+def test_mlflow_run_holds_metrics_curves_params_and_data_version(settings, champion):
+    client = models.client(settings.mlflow_tracking_uri)
+    run = client.get_run(champion.run_id)
+    metrics = run.data.metrics
+    assert metrics["eval_binary_accuracy"] >= MIN_ACCURACY
+    assert metrics["eval_auc"] >= MIN_AUC
+    assert metrics["eval_example_count"] > 3000
+    curve = client.get_metric_history(champion.run_id, "train_loss")
+    assert len(curve) == int(run.data.params["epochs"]) and len(curve) > 1
+    dvc = yaml.safe_load(settings.data_csv.with_name("data.csv.dvc").read_text())
+    assert run.data.tags["dvc_data_version"] == dvc["outs"][0]["md5"]
+    artifacts = [a.path for a in client.list_artifacts(champion.run_id, "model")]
+    assert "model/saved_model.pb" in artifacts
+
+
+def test_feast_sdk_reads_the_features_the_gateway_uses(stack, trip):
+    from feast import FeatureStore
+
+    fs = FeatureStore(repo_path=str(stack.feast_repo))  # plain SDK on the repo
+    online = fs.get_online_features(
+        features=fs.get_feature_service(schema.FEATURE_SERVICE),
+        entity_rows=[{schema.AREA_KEY: trip["pickup_community_area"],
+                      schema.COMPANY_KEY: trip["company"]}],
+    ).to_dict()
+    assert online["area_trip_count"][0] > 100
+    response = httpx.post(f"{stack.gateway_url}/predict", json=trip, timeout=10)
+    assert response.status_code == 200, response.text
+    used = response.json()["features_used"]
+    for name in schema.STORE_FEATURES:
+        assert used[name] == pytest.approx(online[name][0], rel=1e-6)
+
+
+def test_predict_answers_from_the_champion_deterministically(stack, champion, trip):
+    first = httpx.post(f"{stack.gateway_url}/predict", json=trip, timeout=10).json()
+    second = httpx.post(f"{stack.gateway_url}/predict", json=trip, timeout=10).json()
+    assert 0.0 <= first["tip_probability"] <= 1.0
+    assert first["model"] == {"name": stack.model_name, "version": champion.version,
+                              "alias": "champion"}
+    assert first["tip_probability"] == second["tip_probability"]
+    assert first["request_id"] != second["request_id"]
+    assert first["big_tipper"] == (first["tip_probability"] >= 0.5)
+
+
+def test_payment_type_moves_the_prediction(stack, trip):
+    """The served model really reads its inputs: cash tips are not recorded in this data."""
+    card = httpx.post(f"{stack.gateway_url}/predict", json=trip, timeout=10).json()
+    cash = httpx.post(f"{stack.gateway_url}/predict", json={**trip, "payment_type": "Cash"},
+                      timeout=10).json()
+    assert cash["tip_probability"] < 0.05 < card["tip_probability"]
+
+
+def test_point_in_time_join_matches_feast_historical_retrieval(base_stack, trained):
+    from taxi_mlops.features import tables
+
+    trips = tables.load_trips(base_stack.data_csv)
+    ours = tables.training_frame(trips).set_index("trip_id")
+    sample = trips.sample(200, random_state=7)[
+        ["trip_id", schema.AREA_KEY, schema.COMPANY_KEY, "event_timestamp"]]
+    feast_df = store.historical_features(base_stack, sample).set_index("trip_id")
+    assert len(feast_df) >= 190  # Feast's file store may drop a few rows of the entity frame
+    for name in schema.STORE_FEATURES:
+        expected = ours.loc[feast_df.index, name].to_numpy()
+        assert feast_df[name].fillna(0.0).to_numpy() == pytest.approx(expected, rel=1e-5)

@@ -1,0 +1,20 @@
+"""Our TFX components' own tests (``*_test.py`` beside each executor) run in the TFX env."""
+
+import os
+import subprocess
+
+from taxi_mlops import paths
+from taxi_mlops.pipeline_env import find_pipeline_python
+
+
+def test_component_executor_tests_pass_in_the_tfx_environment():
+    env = {**os.environ, "PYTHONPATH": str(paths.PROJECT_ROOT / "src"), "TF_CPP_MIN_LOG_LEVEL": "2",
+           "TF_USE_LEGACY_KERAS": "1"}
+    proc = subprocess.run(
+        [str(find_pipeline_python()), "-m", "unittest", "discover", "-v",
+         "-s", str(paths.PACKAGE_DIR / "pipeline" / "components"), "-t", str(paths.PROJECT_ROOT / "src"),
+         "-p", "*_test.py"],
+        capture_output=True, text=True, env=env, timeout=600)
+    report = proc.stderr[-3000:]
+    assert proc.returncode == 0, report
+    assert "Ran 6 tests" in report and "OK" in report, report
