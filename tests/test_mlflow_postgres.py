@@ -1,0 +1,84 @@
+"""MLflow on a PostgreSQL backend store: the same registry calls work, only the URI differs."""
+
+import glob
+import os
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+
+import mlflow
+import pytest
+
+from taxi_mlops.registry import models
+from taxi_mlops.settings import Settings
+from taxi_mlops.stack import services
+from taxi_mlops.stack.process import Supervisor, wait_for
+
+from conftest import free_port
+
+pytestmark = pytest.mark.slow
+
+
+def _pg_bin(name: str) -> str:
+    found = shutil.which(name) or next(iter(sorted(glob.glob(f"/usr/lib/postgresql/*/bin/{name}"))), None)
+    assert found, f"{name} not found: `make install` installs Debian's postgresql"
+    return found
+
+
+@pytest.fixture(scope="module")
+def postgres_uri():
+    """A throwaway PostgreSQL cluster on a free port (run as the 'postgres' user when root)."""
+    root = Path(tempfile.mkdtemp(prefix="taxi-pg-"))
+    data, sock = root / "data", root / "sock"
+    sock.mkdir()
+    as_user = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
+    if as_user:
+        shutil.chown(root, "postgres")
+        shutil.chown(sock, "postgres")
+    port = free_port()
+    subprocess.run([*as_user, _pg_bin("initdb"), "-D", str(data), "-A", "trust", "-U", "postgres"],
+                   check=True, capture_output=True, timeout=120)
+    subprocess.run([*as_user, _pg_bin("pg_ctl"), "-D", str(data), "-w", "-t", "60", "-l", str(root / "pg.log"),
+                    "-o", f"-p {port} -k {sock} -c listen_addresses=127.0.0.1", "start"],
+                   check=True, capture_output=True, timeout=90)
+    try:
+        subprocess.run([*as_user, _pg_bin("createdb"), "-h", "127.0.0.1", "-p", str(port), "-U",
+                        "postgres", "mlflow"], check=True, capture_output=True, timeout=30)
+        yield f"postgresql://postgres@127.0.0.1:{port}/mlflow"
+    finally:
+        subprocess.run([*as_user, _pg_bin("pg_ctl"), "-D", str(data), "-m", "fast", "stop"],
+                       capture_output=True, timeout=60)
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def test_registry_aliases_on_postgres_backend(postgres_uri, tmp_path):
+    settings = Settings(state_dir=tmp_path, mlflow_port=free_port(), mlflow_backend_uri=postgres_uri)
+    sup = Supervisor(settings)
+    sup.start(services.mlflow_service(settings))
+    try:
+        mlflow.set_tracking_uri(settings.mlflow_tracking_uri)
+        mlflow.set_experiment("pg-check")
+        model_dir = tmp_path / "model"
+        model_dir.mkdir()
+        (model_dir / "saved_model.pb").write_bytes(b"not a real model")
+        with mlflow.start_run() as run:
+            mlflow.log_metric("eval_auc", 0.9)
+            mlflow.log_artifacts(str(model_dir), artifact_path="model")
+        client = models.client(settings.mlflow_tracking_uri)
+        client.create_registered_model("pg-model")
+        version = client.create_model_version("pg-model", source=f"{run.info.artifact_uri}/model",
+                                              run_id=run.info.run_id)
+        client.set_registered_model_alias("pg-model", "champion", version.version)
+        ref = models.by_alias(settings.mlflow_tracking_uri, "pg-model", "champion")
+        assert ref is not None and ref.version == str(version.version)
+        fetched = models.download(settings.mlflow_tracking_uri, ref, tmp_path / "download")
+        assert (fetched / "saved_model.pb").read_bytes() == b"not a real model"
+        assert models.by_alias(settings.mlflow_tracking_uri, "pg-model", "challenger") is None
+        # the rows really are in PostgreSQL
+        out = subprocess.run(["psql", postgres_uri, "-tAc",
+                              "select count(*) from registered_model_aliases"],
+                             capture_output=True, text=True, timeout=30)
+        assert out.stdout.strip() == "1", out.stderr
+    finally:
+        sup.stop("mlflow")
