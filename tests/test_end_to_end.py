@@ -84,3 +84,18 @@ def test_point_in_time_join_matches_feast_historical_retrieval(base_stack, train
     for name in schema.STORE_FEATURES:
         expected = ours.loc[feast_df.index, name].to_numpy()
         assert feast_df[name].fillna(0.0).to_numpy() == pytest.approx(expected, rel=1e-5)
+
+
+def test_rerun_with_nothing_changed_evaluates_against_champion_without_duplicating(
+        stack, champion):
+    from taxi_mlops.pipeline import launcher
+
+    events = []
+    result = launcher.run_training(stack, progress=events.append)
+    assert "ChampionModelImporter" in result.components  # the baseline is the champion
+    client = models.client(stack.mlflow_tracking_uri)
+    versions = client.search_model_versions(f"name='{stack.model_name}'")
+    assert [v.version for v in versions] == [champion.version]  # cached model: no new version
+    again = models.by_alias(stack.mlflow_tracking_uri, stack.model_name, models.CHAMPION)
+    assert again.version == champion.version
+    assert models.by_alias(stack.mlflow_tracking_uri, stack.model_name, models.CHALLENGER) is None

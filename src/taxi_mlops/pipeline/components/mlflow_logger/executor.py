@@ -58,6 +58,19 @@ class Executor(base_executor.BaseExecutor):
         data_version = examples.get_string_custom_property("dvc_data_version")
         serving_dir = path_utils.serving_model_path(model.uri)
 
+        existing = [v for v in client.search_model_versions(f"name='{name}'")
+                    if (v.tags or {}).get("tfx_model_uri") == model.uri]
+        if existing:
+            # The Trainer's output came from TFX's cache: this model is registered already.
+            version = existing[0]
+            registered.run_id = version.run_id or ""
+            registered.model_name = name
+            registered.version = int(version.version)
+            registered.alias = ",".join(getattr(version, "aliases", []) or [])
+            logging.info("MlflowLogger: model %s already registered as version %s; nothing logged",
+                         model.uri, version.version)
+            return
+
         with open(os.path.join(model_run.uri, "history.json")) as f:
             run_info = json.load(f)
         metrics = _eval_metrics(evaluation.uri)
