@@ -218,6 +218,13 @@ def cmd_urls(settings: Settings, args) -> int:
     return 0
 
 
+def cmd_env(settings: Settings, args) -> int:
+    """Shell exports that point the plain Feast SDK or `feast` CLI at this stack's repo."""
+    for key, value in settings.feast_env().items():
+        print(f"export {key}='{value}'")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="taxi-mlops", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -236,6 +243,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--file", help="JSON file with one trip or a list of trips")
     p.set_defaults(func=cmd_predict)
     sub.add_parser("urls", help="where everything is").set_defaults(func=cmd_urls)
+    sub.add_parser("env", help="exports for the Feast SDK and CLI: "
+                   "eval \"$(taxi-mlops env)\"").set_defaults(func=cmd_env)
     return parser
 
 

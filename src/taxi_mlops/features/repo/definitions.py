@@ -30,43 +30,34 @@ company = Entity(
     description="Taxi company ('UNKNOWN' when the trip has none).",
 )
 
-area_source = FileSource(
-    name="area_trip_stats_source",
-    path=str(DATA_DIR / f"{schema.AREA_VIEW}.parquet"),
-    timestamp_field="event_timestamp",
-    created_timestamp_column="created",
-)
-company_source = FileSource(
-    name="company_trip_stats_source",
-    path=str(DATA_DIR / f"{schema.COMPANY_VIEW}.parquet"),
-    timestamp_field="event_timestamp",
-    created_timestamp_column="created",
-)
 
-area_trip_stats = FeatureView(
-    name=schema.AREA_VIEW,
-    entities=[pickup_area],
-    ttl=HISTORY_TTL,
-    schema=[
-        Field(name=schema.AREA_KEY, dtype=Int64),
-        *[Field(name=name, dtype=Float32) for name in schema.AREA_FEATURES],
-    ],
-    source=area_source,
-    online=True,
-    description="Trips, average fare and big-tipper rate of all earlier trips from the area.",
-)
-company_trip_stats = FeatureView(
-    name=schema.COMPANY_VIEW,
-    entities=[company],
-    ttl=HISTORY_TTL,
-    schema=[
-        Field(name=schema.COMPANY_KEY, dtype=String),
-        *[Field(name=name, dtype=Float32) for name in schema.COMPANY_FEATURES],
-    ],
-    source=company_source,
-    online=True,
-    description="Trips, average fare and big-tipper rate of all earlier trips of the company.",
-)
+
+def _daily_stats_view(view: str, entity: Entity, key: str, key_type, features: list[str],
+                      about: str) -> FeatureView:
+    """A view over one of the daily cumulative tables written by ``features.tables``."""
+    source = FileSource(
+        name=f"{view}_source",
+        path=str(DATA_DIR / f"{view}.parquet"),
+        timestamp_field="event_timestamp",
+        created_timestamp_column="created",
+    )
+    return FeatureView(
+        name=view,
+        entities=[entity],
+        ttl=HISTORY_TTL,
+        schema=[Field(name=key, dtype=key_type), *[Field(name=n, dtype=Float32) for n in features]],
+        source=source,
+        online=True,
+        description=f"Trips, average fare and big-tipper rate of all earlier trips {about}.",
+    )
+
+
+area_trip_stats = _daily_stats_view(schema.AREA_VIEW, pickup_area, schema.AREA_KEY, Int64,
+                                    schema.AREA_FEATURES, "from the area")
+company_trip_stats = _daily_stats_view(schema.COMPANY_VIEW, company, schema.COMPANY_KEY, String,
+                                       schema.COMPANY_FEATURES, "of the company")
+area_source = area_trip_stats.batch_source
+company_source = company_trip_stats.batch_source
 
 taxi_tip_model_v1 = FeatureService(
     name=schema.FEATURE_SERVICE,
