@@ -14,7 +14,8 @@ from taxi_mlops.settings import Settings
 def test_environment_overrides_settings(monkeypatch, tmp_path):
     monkeypatch.setenv("TAXI_GATEWAY_PORT", "9123")
     monkeypatch.setenv("TAXI_STATE_DIR", str(tmp_path))
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://mlflow.example:5000")
+    monkeypatch.setenv("TAXI_MLFLOW_EXTERNAL_URI", "http://mlflow.example:5000")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://set-by-mlflow-client:1")  # ignored
     s = Settings()
     assert s.gateway_port == 9123 and s.state_dir == tmp_path
     assert s.mlflow_tracking_uri == "http://mlflow.example:5000"

@@ -32,8 +32,10 @@ class Settings(BaseSettings):
     mlflow_backend_uri: str | None = Field(
         None, description="MLflow backend store; default sqlite in the state dir. postgresql:// works too."
     )
-    mlflow_tracking_uri_override: str | None = Field(
-        None, alias="MLFLOW_TRACKING_URI", description="Use an external MLflow server; none is started."
+    # Not MLFLOW_TRACKING_URI: mlflow.set_tracking_uri() writes that variable in-process, which
+    # would silently turn "start our server" into "use an external one".
+    mlflow_external_uri: str | None = Field(
+        None, description="Use an external MLflow server; none is started."
     )
 
     kafka_port: int = 9092
@@ -92,7 +94,7 @@ class Settings(BaseSettings):
 
     @property
     def mlflow_tracking_uri(self) -> str:
-        return self.mlflow_tracking_uri_override or f"http://{self.host}:{self.mlflow_port}"
+        return self.mlflow_external_uri or f"http://{self.host}:{self.mlflow_port}"
 
     @property
     def mlflow_backend_store_uri(self) -> str:

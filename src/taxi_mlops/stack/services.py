@@ -47,7 +47,7 @@ def redis_service(settings: Settings) -> Service:
 
 
 def mlflow_service(settings: Settings) -> Service | None:
-    if settings.mlflow_tracking_uri_override:
+    if settings.mlflow_external_uri:
         return None  # an external tracking server: nothing to start
     settings.mlflow_artifacts_dir.mkdir(parents=True, exist_ok=True)
     return Service(
