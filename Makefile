@@ -10,6 +10,7 @@ install:
 demo: install
 	$(CLI) up
 	$(CLI) train
+	$(CLI) stream replay --speed max --retime --limit 5000
 	$(CLI) predict
 	$(CLI) status
 	$(CLI) urls

@@ -8,7 +8,6 @@ run beside a developer's stack.
 
 from __future__ import annotations
 
-import socket
 import tempfile
 import time
 from pathlib import Path
@@ -17,13 +16,7 @@ from taxi_mlops.features import store
 from taxi_mlops.pipeline import launcher
 from taxi_mlops.settings import Settings
 from taxi_mlops.stack import services
-from taxi_mlops.stack.process import Supervisor
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from taxi_mlops.stack.process import Supervisor, free_port
 
 
 def main() -> None:

@@ -7,7 +7,6 @@ state directory, so the suite runs beside a developer's `taxi-mlops up` stack.
 from __future__ import annotations
 
 import os
-import socket
 from pathlib import Path
 
 import pytest
@@ -17,13 +16,7 @@ from taxi_mlops.pipeline import launcher
 from taxi_mlops.registry import models
 from taxi_mlops.settings import Settings
 from taxi_mlops.stack import services
-from taxi_mlops.stack.process import Supervisor
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from taxi_mlops.stack.process import Supervisor, free_port
 
 
 @pytest.fixture(scope="session")
@@ -31,7 +24,8 @@ def settings(tmp_path_factory) -> Settings:
     state = Path(os.environ.get("TAXI_TEST_STATE_DIR") or tmp_path_factory.mktemp("state"))
     return Settings(state_dir=state, redis_port=free_port(), mlflow_port=free_port(),
                     model_server_port=free_port(), gateway_port=free_port(),
-                    request_timeout_s=2.0)
+                    kafka_port=free_port(), kafka_controller_port=free_port(),
+                    kafka_bootstrap_override=None, request_timeout_s=2.0)
 
 
 @pytest.fixture(scope="session")
@@ -61,9 +55,12 @@ def trained(base_stack, settings):
 
 @pytest.fixture(scope="session")
 def stack(trained, settings, supervisor):
-    """The whole stack serving the champion trained above."""
-    supervisor.start(services.model_server_service(settings))
-    supervisor.start(services.gateway_service(settings))
+    """The whole stack serving the champion trained above, as `taxi-mlops up` starts it."""
+    hooks = services.after_start(settings)
+    for service in services.all_services(settings):
+        supervisor.start(service)
+        if service.name in hooks:
+            hooks[service.name]()
     return settings
 
 

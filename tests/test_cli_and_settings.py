@@ -61,3 +61,33 @@ def test_status_json_reports_every_component(stack):
     assert status["gateway"]["url"] == stack.gateway_url
     assert status["mlmd"]["path"] == str(stack.mlmd_path)
     assert status["feast"]["path"] == str(stack.feast_repo)
+
+
+def test_a_service_that_fails_to_start_says_which_why_and_where_its_log_is(tmp_path):
+    from taxi_mlops.stack.process import Service, ServiceStartError, Supervisor
+
+    sup = Supervisor(Settings(state_dir=tmp_path))
+    broken = Service(name="broken", url="http://127.0.0.1:1",
+                     command=[sys.executable, "-c", "import sys; print('port 1 in use'); sys.exit(3)"],
+                     healthy=lambda: False)
+    with pytest.raises(ServiceStartError) as info:
+        sup.start(broken)
+    message = str(info.value)
+    assert "broken did not start: exited with code 3" in message
+    assert str(tmp_path / "logs" / "broken.log") in message and "port 1 in use" in message
+    assert sup.pid("broken") is None
+
+
+def test_start_is_idempotent_and_stop_ends_the_process(tmp_path):
+    from taxi_mlops.stack.process import Service, Supervisor, pid_alive
+
+    marker = tmp_path / "started"
+    sup = Supervisor(Settings(state_dir=tmp_path))
+    service = Service(name="sleeper", url="-", healthy=lambda: marker.exists(),
+                      command=[sys.executable, "-c",
+                               f"import pathlib, time; pathlib.Path({str(marker)!r}).touch(); time.sleep(600)"])
+    assert sup.start(service) == "started"
+    pid = sup.pid("sleeper")
+    assert sup.start(service) == "running" and sup.pid("sleeper") == pid
+    assert sup.stop("sleeper") is True
+    assert not pid_alive(pid) and sup.pid("sleeper") is None

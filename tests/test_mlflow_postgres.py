@@ -13,9 +13,7 @@ import pytest
 from taxi_mlops.registry import models
 from taxi_mlops.settings import Settings
 from taxi_mlops.stack import services
-from taxi_mlops.stack.process import Supervisor, wait_for
-
-from conftest import free_port
+from taxi_mlops.stack.process import Supervisor, free_port
 
 pytestmark = pytest.mark.slow
 

@@ -27,11 +27,11 @@ class CliError(RuntimeError):
 
 # ---- stack ------------------------------------------------------------------------------
 def cmd_up(settings: Settings, args) -> int:
-    from taxi_mlops.features import store
     from taxi_mlops.stack import services
     from taxi_mlops.stack.process import Supervisor
 
     sup = Supervisor(settings)
+    hooks = services.after_start(settings)
     for service in services.all_services(settings):
         if service.name == "model_server" and not services.champion_exists(settings):
             console.print(f"[yellow]model_server[/] waiting: no '{settings.serving_alias}' model "
@@ -40,10 +40,13 @@ def cmd_up(settings: Settings, args) -> int:
         with console.status(f"starting {service.name} …"):
             state = sup.start(service)
         console.print(f"[green]{service.name}[/] {state} at {service.url}")
-        if service.name == "redis":
-            with console.status("applying the Feast feature repo …"):
-                store.apply(settings)
-            console.print(f"[green]feast[/] repo applied ({settings.feast_repo})")
+        if service.name in hooks:
+            with console.status(f"setting up after {service.name} …"):
+                hooks[service.name]()
+            what = "Feast repo applied" if service.name == "redis" else "topics declared"
+            console.print(f"[green]{service.name}[/] {what}")
+    if settings.kafka_bootstrap_override:
+        console.print(f"kafka: external cluster at {settings.kafka_bootstrap_servers} (not started)")
     return 0
 
 
@@ -53,7 +56,7 @@ def cmd_down(settings: Settings, args) -> int:
 
     sup = Supervisor(settings)
     for service in reversed(services.all_services(settings)):
-        stopped = sup.stop(service.name)
+        stopped = sup.stop(service.name, timeout_s=service.stop_timeout_s)
         console.print(f"{service.name}: {'stopped' if stopped else 'not running'}")
     return 0
 
@@ -188,7 +191,8 @@ def cmd_predict(settings: Settings, args) -> int:
     if isinstance(trips, dict):
         trips = [trips]
     table = Table(title=f"predictions from {settings.gateway_url}/predict")
-    for col in ("trip", "payment", "area", "company", "tip_probability", "big_tipper", "model", "ms"):
+    for col in ("trip", "payment", "area", "company", "area trips 15m", "tip_probability",
+                "big_tipper", "model", "ms"):
         table.add_column(col)
     with httpx.Client(timeout=10) as client:
         for trip in trips:
@@ -201,10 +205,24 @@ def cmd_predict(settings: Settings, args) -> int:
                 raise CliError(f"gateway answered {r.status_code}: {r.text[:400]}")
             p = r.json()
             table.add_row(str(p["trip_id"]), trip["payment_type"], str(trip.get("pickup_community_area")),
-                          str(trip.get("company")), f"{p['tip_probability']:.3f}", str(p["big_tipper"]),
+                          str(trip.get("company")),
+                          f"{p['features_used'].get('area_trips_15m', 0):.0f}",
+                          f"{p['tip_probability']:.3f}", str(p["big_tipper"]),
                           f"v{p['model']['version']}@{p['model']['alias']}",
                           f"{p['latency_ms']:.1f}")
     console.print(table)
+    return 0
+
+
+def cmd_stream_replay(settings: Settings, args) -> int:
+    from taxi_mlops.streaming import replay
+
+    _require_up(settings, ("kafka",))
+    with console.status("replaying trips …") as status:
+        result = replay.replay(settings, speed=args.speed, retime=args.retime, limit=args.limit,
+                               max_rate=args.max_rate,
+                               progress=lambda msg: status.update(f"replay: {msg}"))
+    console.print(f"replayed: {result}")
     return 0
 
 
@@ -242,6 +260,14 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("predict", help="send sample trips (or a JSON file) through the gateway")
     p.add_argument("--file", help="JSON file with one trip or a list of trips")
     p.set_defaults(func=cmd_predict)
+    stream = sub.add_parser("stream", help="Kafka streaming").add_subparsers(dest="stream_cmd", required=True)
+    p = stream.add_parser("replay", help="replay the CSV's trips and labels into Kafka in event-time order")
+    p.add_argument("--speed", default="max",
+                   help="N times real time, or 'max' for as fast as the broker takes them")
+    p.add_argument("--retime", action="store_true", help="shift event times so the replay ends now")
+    p.add_argument("--limit", type=int, default=None, help="replay only the first N trips")
+    p.add_argument("--max-rate", type=float, default=None, help="cap on events per second")
+    p.set_defaults(func=cmd_stream_replay)
     sub.add_parser("urls", help="where everything is").set_defaults(func=cmd_urls)
     sub.add_parser("env", help="exports for the Feast SDK and CLI: "
                    "eval \"$(taxi-mlops env)\"").set_defaults(func=cmd_env)
@@ -260,12 +286,15 @@ def main(argv: list[str] | None = None) -> int:
     from taxi_mlops.pipeline_env import PipelineEnvError
     from taxi_mlops.registry.models import RegistryUnavailable
     from taxi_mlops.stack.process import ServiceStartError
+    from taxi_mlops.streaming.broker import BrokerSetupError
+    from taxi_mlops.streaming.replay import ReplayError
+    from taxi_mlops.streaming.topics import TopicError
 
     started = time.monotonic()
     try:
         return args.func(settings, args)
     except (CliError, ServiceStartError, PipelineFailed, PipelineEnvError, DataVersionError,
-            RegistryUnavailable) as exc:
+            RegistryUnavailable, BrokerSetupError, ReplayError, TopicError, ValueError) as exc:
         err.print(f"[red]error:[/] {exc}")
         return 1
     finally:

@@ -49,11 +49,13 @@ def write_offline_tables(settings: Settings, csv_path: Path) -> dict:
 
 
 def apply(settings: Settings) -> None:
+    from taxi_mlops.streaming.features import realtime_objects
+
     defs = _definitions(settings)
     store = feature_store(settings)
     store.apply([
         defs.pickup_area, defs.company, defs.area_trip_stats, defs.company_trip_stats,
-        defs.taxi_tip_model_v1,
+        defs.taxi_tip_model_v1, *realtime_objects(settings),
     ])
 
 

@@ -12,6 +12,7 @@ import logging
 import time
 import uuid
 from contextlib import asynccontextmanager
+from datetime import datetime, timezone
 
 from fastapi import FastAPI, Request
 from fastapi.concurrency import run_in_threadpool
@@ -23,6 +24,9 @@ from taxi_mlops.gateway.features import FeatureLookup
 from taxi_mlops.gateway.inference import InferenceClient, ModelServerError
 from taxi_mlops.gateway.schemas import ModelInfo, Prediction, Trip
 from taxi_mlops.settings import Settings, get_settings
+from taxi_mlops.streaming import features as realtime
+from taxi_mlops.streaming.events import PredictionLogV1
+from taxi_mlops.streaming.prediction_log import PredictionLogger
 
 log = logging.getLogger("taxi_mlops.gateway")
 MAX_BODY_BYTES = 64 * 1024
@@ -40,6 +44,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         app.state.features = None
+        app.state.prediction_log = PredictionLogger(settings)  # never blocks, never raises
         try:  # warm the Feast client now; if Redis is not up yet, the first request retries
             app.state.features = await asyncio.wait_for(run_in_threadpool(FeatureLookup, settings),
                                                         settings.request_timeout_s * 5)
@@ -49,6 +54,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                                               settings.request_timeout_s)
         yield
         await app.state.inference.close()
+        await run_in_threadpool(app.state.prediction_log.close, 5.0)
 
     app = FastAPI(
         title="Chicago Taxi tip gateway",
@@ -111,16 +117,24 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             probability, version = await app.state.inference.infer(request_id, inputs)
         except ModelServerError as exc:
             raise DependencyDown("model_server", str(exc)) from exc
-        return Prediction(
+        features_used = {**inputs, **{n: store_features[n] for n in realtime.REALTIME_FEATURES}}
+        prediction = Prediction(
             request_id=request_id,
             trip_id=trip.trip_id,
             tip_probability=min(max(probability, 0.0), 1.0),
             big_tipper=probability >= 0.5,
             model=ModelInfo(name=settings.model_name, version=version, alias=settings.serving_alias),
-            features_used=inputs,
+            features_used=features_used,
             defaulted_features=defaulted,
             latency_ms=round((time.perf_counter() - started) * 1000, 3),
         )
+        app.state.prediction_log.log(PredictionLogV1(
+            request_id=request_id, trip_id=trip.trip_id, features=features_used,
+            model_name=settings.model_name, model_version=version or "",
+            model_alias=settings.serving_alias, tip_probability=prediction.tip_probability,
+            latency_ms=prediction.latency_ms, timestamp=datetime.now(timezone.utc),
+        ))
+        return prediction
 
     @app.get("/health")
     async def health():
@@ -136,8 +150,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             checks["feature_store"] = {"ok": False, "redis": settings.redis_url,
                                        "error": str(exc) or type(exc).__name__}
         ok = all(c["ok"] for c in checks.values())
+        # The prediction log is best effort: its backlog is reported, never a reason to fail.
         return JSONResponse(status_code=200 if ok else 503,
-                            content={"status": "ok" if ok else "degraded", "dependencies": checks})
+                            content={"status": "ok" if ok else "degraded", "dependencies": checks,
+                                     "prediction_log": app.state.prediction_log.counters()})
 
     return app
 

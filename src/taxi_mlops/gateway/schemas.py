@@ -49,7 +49,9 @@ class Prediction(BaseModel):
     tip_probability: float = Field(..., ge=0, le=1)
     big_tipper: bool = Field(..., description="tip_probability >= 0.5: a tip above 20% of the fare.")
     model: ModelInfo
-    features_used: dict[str, float | int | str]
+    features_used: dict[str, float | int | str] = Field(
+        ..., description="Model inputs (raw trip + batch store features) and the realtime area "
+                         "features from the stream processor (area_trips_15m, ...).")
     defaulted_features: list[str] = Field(
         default_factory=list, description="Store features absent for this entity (unseen area or "
                                           "company), sent to the model as their defaults.")

@@ -100,7 +100,34 @@ def champion_exists(settings: Settings) -> bool:
 
 
 def all_services(settings: Settings) -> list[Service]:
-    """Every service the local stack runs, in start order (stop in reverse)."""
-    services = [redis_service(settings), mlflow_service(settings),
+    """Every service the local stack runs, in start order (stop in reverse).
+
+    Kafka (unless ``KAFKA_BOOTSTRAP_SERVERS`` names an external cluster) comes before the
+    stream processor and the label join; the gateway last, once what it calls is up.
+    """
+    from taxi_mlops.streaming.broker import kafka_service
+    from taxi_mlops.streaming.label_join import label_join_service
+    from taxi_mlops.streaming.processor import processor_service
+
+    services = [redis_service(settings), kafka_service(settings), mlflow_service(settings),
+                processor_service(settings, instance=0), label_join_service(settings),
                 model_server_service(settings), gateway_service(settings)]
     return [s for s in services if s is not None]
+
+
+def after_start(settings: Settings) -> dict[str, callable]:
+    """Idempotent set-up run once a service answers: declared topics, the applied Feast repo."""
+    from taxi_mlops.features import store
+    from taxi_mlops.streaming import topics
+
+    hooks = {"redis": lambda: store.apply(settings)}
+    kafka_step = "redis" if settings.kafka_bootstrap_override else "kafka"
+    previous = hooks.get(kafka_step)
+
+    def ensure_topics():
+        if previous:
+            previous()
+        topics.ensure_topics(settings.kafka_bootstrap_servers)
+
+    hooks[kafka_step] = ensure_topics
+    return hooks

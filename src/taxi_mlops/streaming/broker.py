@@ -90,10 +90,10 @@ def ensure_jars(progress: Callable[[str], None] = print) -> Path:
         for line in proc.stdout:
             line = line.rstrip()
             tail = (tail + [line])[-30:]
-            # One line per jar; Maven's plugin/pom downloads are noise to a user.
-            found = re.search(r"Downloaded from \S+: \S+/([^/\s]+\.jar) \(([^,]+)", line)
+            # One line per jar (Kafka's and, on a cold ~/.m2, the Maven plugin's); poms are noise.
+            found = re.search(r"Downloaded from \S+: \S+/([^/\s]+\.jar) \(([\d.]+ [kMG]?B)", line)
             if found:
-                progress(f"  {found.group(1)} ({found.group(2)})")
+                progress(f"  fetched {found.group(1)} ({found.group(2)})")
         proc.wait(timeout=DOWNLOAD_TIMEOUT_S)
     except subprocess.TimeoutExpired:
         proc.kill()
@@ -279,7 +279,6 @@ def kafka_service(settings: Settings) -> Service | None:
         command=command,
         healthy=lambda: clients.broker_reachable(settings.kafka_bootstrap_servers),
         url=f"PLAINTEXT://{settings.kafka_bootstrap_servers}",
-        env={"KAFKA_HEAP_OPTS": " ".join(HEAP)},
         cwd=settings.kafka_data_dir,
         prepare=_prepare,
         stop_timeout_s=30.0,

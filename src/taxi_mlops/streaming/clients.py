@@ -14,9 +14,33 @@ from taxi_mlops.settings import Settings
 PROBE_TIMEOUT_S = 2.0
 ADMIN_TIMEOUT_S = 15.0
 
-_quiet = logging.getLogger("taxi_mlops.streaming.librdkafka")
+_quiet = logging.getLogger("taxi_mlops.streaming.librdkafka.quiet")
 _quiet.addHandler(logging.NullHandler())
 _quiet.propagate = False
+
+
+class _OncePerInterval(logging.Filter):
+    """librdkafka repeats "Connect to ... failed" several times a second while a broker is
+    away; one line per kind of message every ``interval_s`` says the same."""
+
+    def __init__(self, interval_s: float = 30.0):
+        super().__init__()
+        self.interval_s, self._last = interval_s, {}
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        import time
+
+        # confluent-kafka logs ("%s [%s] %s", facility, client name, text)
+        kind = tuple(record.args[:2]) if isinstance(record.args, tuple) else record.getMessage()[:60]
+        now = time.monotonic()
+        if now - self._last.get(kind, -1e9) < self.interval_s:
+            return False
+        self._last[kind] = now
+        return True
+
+
+kafka_log = logging.getLogger("taxi_mlops.streaming.librdkafka")
+kafka_log.addFilter(_OncePerInterval())
 
 
 def bootstrap(settings_or_bootstrap: Settings | str) -> str:
@@ -37,6 +61,8 @@ def common(bootstrap_servers: str, client_id: str, quiet: bool = False) -> dict:
     if quiet:  # probes: a broker that is down is an answer, not an error to print
         conf["logger"] = _quiet
         conf["log_level"] = 0
+    else:  # through Python logging, rate-limited (served by poll/consume/flush calls)
+        conf["logger"] = kafka_log
     return conf
 
 

@@ -1,0 +1,255 @@
+"""Live model quality: join ``taxi.labels`` with ``taxi.predictions`` by trip id.
+
+A prediction is made at trip start, its label arrives at trip end; the first of the two to
+arrive waits (up to ``window_s``) for the other. Each joined pair updates, per model name and
+version, the accuracy (threshold 0.5), Brier score, mean predicted probability and positive
+rate over the pairs joined in the last ``window_s`` seconds (by the label's Kafka timestamp);
+the figures go to the compacted ``taxi.model.metrics`` (key ``name:version``), so the topic
+always holds each version's latest figures.
+
+Stateless across restarts by design: the worker reads both topics from ``window_s`` ago
+(``offsets_for_times``) and rebuilds the window, so no offsets are committed and a restart
+neither loses nor double-counts a pair. One instance reads every partition (labels are keyed
+by area, predictions by trip id, so they cannot be co-partitioned); the load is one small
+message per prediction.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import sys
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+
+from taxi_mlops.settings import Settings, get_settings
+from taxi_mlops.stack.process import Service
+from taxi_mlops.streaming import clients, events, status, topics
+
+NAME = "label-join"
+GROUP = "taxi-label-join"
+THRESHOLD = 0.5
+
+log = logging.getLogger("taxi_mlops.streaming.label_join")
+
+
+@dataclass
+class ModelWindow:
+    alias: str | None = None
+    n: int = 0
+    correct: int = 0
+    brier: float = 0.0
+    prob: float = 0.0
+    positives: int = 0
+    total: int = 0
+    changed: bool = True
+
+    def add(self, prob: float, label: int, sign: int = 1) -> None:
+        self.n += sign
+        self.correct += sign * int((prob >= THRESHOLD) == bool(label))
+        self.brier += sign * (prob - label) ** 2
+        self.prob += sign * prob
+        self.positives += sign * label
+        self.changed = True
+
+    def metrics(self, name: str, version: str, window_s: float) -> events.ModelMetrics:
+        n = self.n
+        return events.ModelMetrics(
+            model_name=name, model_version=version, model_alias=self.alias, window_s=window_s, n=n,
+            accuracy=self.correct / n if n else None,
+            brier=min(1.0, max(0.0, self.brier / n)) if n else None,
+            mean_probability=self.prob / n if n else None,
+            positive_rate=self.positives / n if n else None,
+            total_joined=self.total, timestamp=datetime.now(timezone.utc))
+
+
+@dataclass
+class JoinState:
+    """Pending predictions and labels, and the joined pairs inside the window."""
+
+    window_s: float
+    predictions: dict[str, dict[tuple[str, str], tuple[float, str | None, float]]] = field(default_factory=dict)
+    labels: dict[str, tuple[int, float]] = field(default_factory=dict)
+    joined: deque = field(default_factory=deque)  # (ts, model_key, prob, label)
+    joined_keys: set = field(default_factory=set)  # (trip_id, model_key)
+    models: dict[tuple[str, str], ModelWindow] = field(default_factory=dict)
+    unjoinable: int = 0
+
+    def add_prediction(self, p: events.PredictionLog, ts: float) -> int:
+        if not p.trip_id:
+            self.unjoinable += 1
+            return 0
+        key = (p.model_name, p.model_version)
+        self.predictions.setdefault(p.trip_id, {})[key] = (p.tip_probability, p.model_alias, ts)
+        label = self.labels.get(p.trip_id)
+        return self._join(p.trip_id, label[0], max(ts, label[1])) if label else 0
+
+    def add_label(self, lab: events.LabelEvent, ts: float) -> int:
+        self.labels[lab.trip_id] = (int(lab.big_tipper), ts)
+        return self._join(lab.trip_id, int(lab.big_tipper), ts)
+
+    def _join(self, trip_id: str, label: int, ts: float) -> int:
+        joined = 0
+        for key, (prob, alias, _) in self.predictions.get(trip_id, {}).items():
+            if (trip_id, key) in self.joined_keys:
+                continue  # a redelivered prediction or label
+            window = self.models.setdefault(key, ModelWindow())
+            window.alias = alias or window.alias
+            window.add(prob, label)
+            window.total += 1
+            self.joined.append((ts, key, prob, label, trip_id))
+            self.joined_keys.add((trip_id, key))
+            joined += 1
+        return joined
+
+    def expire(self, now: float) -> None:
+        cutoff = now - self.window_s
+        while self.joined and self.joined[0][0] < cutoff:
+            _, key, prob, label, trip_id = self.joined.popleft()
+            self.models[key].add(prob, label, sign=-1)
+            self.joined_keys.discard((trip_id, key))
+        # Dicts keep arrival order, which is nearly time order: stop at the first recent entry
+        # instead of scanning an hour of pending trips every second.
+        for pending, first_ts in ((self.labels, lambda v: v[1]),
+                                  (self.predictions, lambda v: min(ts for _, _, ts in v.values()))):
+            old = []
+            for trip_id, value in pending.items():
+                if first_ts(value) >= cutoff:
+                    break
+                old.append(trip_id)
+            for trip_id in old:
+                del pending[trip_id]
+
+
+class LabelJoin:
+    def __init__(self, settings: Settings, window_s: float = 3600.0, publish_interval_s: float = 1.0):
+        from confluent_kafka import Consumer
+
+        self.settings = settings
+        self.bootstrap = settings.kafka_bootstrap_servers
+        self.window_s, self.publish_interval_s = window_s, publish_interval_s
+        self.consumer = Consumer(clients.consumer_config(self.bootstrap, NAME, GROUP))
+        self.producer = events.EventProducer(self.bootstrap, NAME, **{"message.timeout.ms": 0})
+        self.state = JoinState(window_s)
+        self.stop_event = threading.Event()
+        self.phase = "starting"
+        self.stats = {"predictions": 0, "labels": 0, "joined": 0, "dead_lettered": 0, "published": 0}
+
+    def _assign_from_window(self) -> None:
+        from confluent_kafka import TopicPartition
+
+        since_ms = int((time.time() - self.window_s) * 1000)
+        wanted = []
+        for topic in (topics.PREDICTIONS, topics.LABELS):
+            n = topics.partition_count(self.bootstrap, topic)
+            wanted += [TopicPartition(topic, p, since_ms) for p in range(n)]
+        offsets = self.consumer.offsets_for_times(wanted, timeout=clients.ADMIN_TIMEOUT_S)
+        # -1: nothing that recent in this partition: start at its end.
+        self.consumer.assign([TopicPartition(tp.topic, tp.partition, tp.offset if tp.offset >= 0 else -1)
+                              for tp in offsets])
+
+    def run(self) -> None:
+        topics.ensure_topics(self.bootstrap)
+        self._assign_from_window()
+        self.phase = "running"
+        log.info("joining %s with %s over %.0fs windows", topics.LABELS, topics.PREDICTIONS, self.window_s)
+        last_publish = 0.0
+        while not self.stop_event.is_set():
+            for msg in self.consumer.consume(500, 0.2):
+                if msg.error() is not None:
+                    if msg.error().fatal():
+                        raise RuntimeError(f"fatal Kafka error: {msg.error()}")
+                    continue
+                self._handle(msg)
+            now = time.time()
+            if now - last_publish >= self.publish_interval_s:
+                self.state.expire(now)
+                self.publish()
+                last_publish = now
+        self.publish()
+        self.producer.flush(10)
+        self.consumer.close()
+        self.phase = "stopped"
+
+    def _handle(self, msg) -> None:
+        try:
+            event = events.decode(msg.topic(), msg.value())
+        except events.EventDecodeError as exc:
+            self.producer.send_dead_letter(events.dead_letter(
+                msg.topic(), msg.value(), exc, source=NAME, partition=msg.partition(),
+                offset=msg.offset(), key=msg.key()))
+            self.stats["dead_lettered"] += 1
+            return
+        _, ts_ms = msg.timestamp()
+        ts = ts_ms / 1000 if ts_ms and ts_ms > 0 else time.time()
+        if msg.topic() == topics.PREDICTIONS:
+            self.stats["predictions"] += 1
+            self.stats["joined"] += self.state.add_prediction(event, ts)
+        else:
+            self.stats["labels"] += 1
+            self.stats["joined"] += self.state.add_label(event, ts)
+
+    def publish(self) -> None:
+        for (name, version), window in self.state.models.items():
+            if not window.changed:
+                continue
+            metrics = window.metrics(name, version, self.window_s)
+            self.producer.produce_raw(topics.MODEL_METRICS, metrics.to_bytes(), f"{name}:{version}".encode())
+            window.changed = False
+            self.stats["published"] += 1
+        self.producer.poll(0)
+
+    def snapshot(self) -> dict:
+        return {"name": NAME, "phase": self.phase, **self.stats, "unjoinable": self.state.unjoinable,
+                "pending_predictions": len(self.state.predictions), "pending_labels": len(self.state.labels),
+                "models": {f"{n}:{v}": {"n": w.n, "accuracy": (w.correct / w.n) if w.n else None}
+                           for (n, v), w in list(self.state.models.items())}}
+
+    def stop(self, *_args) -> None:
+        self.stop_event.set()
+
+
+def label_join_service(settings: Settings, window_s: float = 3600.0) -> Service:
+    return Service(
+        name=NAME,
+        command=[sys.executable, "-m", "taxi_mlops.streaming.label_join", "--window", str(window_s)],
+        healthy=lambda: status.healthy(settings, NAME),
+        url=f"kafka {topics.LABELS} x {topics.PREDICTIONS} -> {topics.MODEL_METRICS}",
+        env=settings.as_env(),
+        details=lambda: {k: v for k, v in (status.read(settings, NAME) or {}).items()
+                         if k in ("phase", "joined", "models")},
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m taxi_mlops.streaming.label_join",
+                                     description=__doc__.split("\n\n")[0])
+    parser.add_argument("--window", type=float, default=3600.0, help="seconds of joined pairs per figure")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, stream=sys.stdout,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    settings = get_settings()
+    worker = LabelJoin(settings, window_s=args.window)
+    signal.signal(signal.SIGTERM, worker.stop)
+    signal.signal(signal.SIGINT, worker.stop)
+    done, beat = status.start_heartbeat(status.path(settings, NAME), worker.snapshot,
+                                        summary=lambda s: f"joined={s['joined']} models={s['models']}")
+    try:
+        worker.run()
+        return 0
+    except Exception as exc:
+        worker.phase = "failed"
+        log.exception("label join failed: %s", exc)
+        return 1
+    finally:
+        done.set()
+        beat.join(timeout=5)
+        status.write(status.path(settings, NAME), {**worker.snapshot(), "pid": 0, "heartbeat": 0})
+
+
+if __name__ == "__main__":
+    sys.exit(main())
