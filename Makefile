@@ -27,6 +27,7 @@ down:
 bench: install
 	$(VENV)/bin/python bench/predict_load.py
 	$(VENV)/bin/python bench/pipeline_time.py
+	$(VENV)/bin/python bench/stream_bench.py
 
 clean: down
 	rm -rf .state
