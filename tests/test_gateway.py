@@ -90,3 +90,19 @@ def test_model_server_down_gives_503_then_recovers(stack, supervisor, trip):
         supervisor.start(services.model_server_service(stack))
     r = post(stack, trip)
     assert r.status_code == 200, r.text
+
+
+def test_feature_store_down_gives_503_then_recovers(stack, supervisor, trip):
+    redis = services.redis_service(stack)
+    supervisor.stop("redis")
+    try:
+        started = time.monotonic()
+        r = post(stack, trip)
+        assert r.status_code == 503, r.text
+        assert r.json()["dependency"] == "feature_store"
+        assert time.monotonic() - started < stack.request_timeout_s + 3
+    finally:
+        supervisor.start(redis)
+    r = post(stack, trip)
+    assert r.status_code == 200, r.text
+    assert r.json()["features_used"]["area_trip_count"] > 0  # Redis kept its data (RDB on stop)

@@ -7,7 +7,7 @@ from datetime import datetime, timezone
 
 import httpx
 import pytest
-from confluent_kafka import Consumer, Producer, TopicPartition
+from confluent_kafka import Consumer, Producer
 
 from taxi_mlops.stack import services
 from taxi_mlops.stack.process import wait_for

@@ -236,19 +236,9 @@ def main(argv: list[str] | None = None) -> int:
     worker = LabelJoin(settings, window_s=args.window)
     signal.signal(signal.SIGTERM, worker.stop)
     signal.signal(signal.SIGINT, worker.stop)
-    done, beat = status.start_heartbeat(status.path(settings, NAME), worker.snapshot,
-                                        summary=lambda s: f"joined={s['joined']} models={s['models']}")
-    try:
-        worker.run()
-        return 0
-    except Exception as exc:
-        worker.phase = "failed"
-        log.exception("label join failed: %s", exc)
-        return 1
-    finally:
-        done.set()
-        beat.join(timeout=5)
-        status.write(status.path(settings, NAME), {**worker.snapshot(), "pid": 0, "heartbeat": 0})
+    return status.run_worker(status.path(settings, NAME), worker.run, worker.snapshot,
+                             lambda: setattr(worker, "phase", "failed"), "label join",
+                             summary=lambda s: f"joined={s['joined']} models={s['models']}")
 
 
 if __name__ == "__main__":

@@ -36,7 +36,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import signal
 import sys
 import threading
@@ -515,22 +514,9 @@ def main(argv: list[str] | None = None) -> int:
                                                   commit_interval_s=args.commit_interval))
     signal.signal(signal.SIGTERM, processor.stop)
     signal.signal(signal.SIGINT, processor.stop)
-    target = status.path(settings, processor.name)
-    done, beat = status.start_heartbeat(target, processor.status, summary=_summary)
-    try:
-        processor.run()
-        return 0
-    except Exception as exc:
-        processor.phase = "failed"
-        log.exception("stream processor failed: %s", exc)
-        return 1
-    finally:
-        done.set()
-        beat.join(timeout=5)
-        try:
-            status.write(target, {**processor.status(), "pid": os.getpid(), "heartbeat": time.time()})
-        except Exception:
-            pass
+    return status.run_worker(status.path(settings, processor.name), processor.run, processor.status,
+                             lambda: setattr(processor, "phase", "failed"), "stream processor",
+                             summary=_summary)
 
 
 if __name__ == "__main__":

@@ -70,3 +70,24 @@ def start_heartbeat(target: Path, snapshot: Callable[[], dict], every_s: float =
     thread = threading.Thread(target=loop, name=f"heartbeat-{target.stem}", daemon=True)
     thread.start()
     return stop, thread
+
+
+def run_worker(target: Path, run: Callable[[], None], snapshot: Callable[[], dict],
+               mark_failed: Callable[[], None], what: str,
+               summary: Callable[[dict], str] | None = None) -> int:
+    """A worker's main loop under its heartbeat; the last status written says it stopped."""
+    done, beat = start_heartbeat(target, snapshot, summary=summary)
+    try:
+        run()
+        return 0
+    except Exception as exc:
+        mark_failed()
+        log.exception("%s failed: %s", what, exc)
+        return 1
+    finally:
+        done.set()
+        beat.join(timeout=5)
+        try:
+            write(target, {**snapshot(), "pid": 0, "heartbeat": 0})
+        except Exception:  # the process is ending; a stale file reads as unhealthy anyway
+            pass
