@@ -48,6 +48,7 @@ def test_data_version_is_the_dvc_md5_and_refuses_a_changed_file(tmp_path):
         versioning.current(copy)
 
 
+@pytest.mark.slow
 def test_status_json_reports_every_component(stack):
     env = {**stack.as_env()}
     proc = subprocess.run([sys.executable, "-m", "taxi_mlops.cli", "status", "--json"],

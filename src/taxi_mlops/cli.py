@@ -92,11 +92,13 @@ def cmd_status(settings: Settings, args) -> int:
         print(json.dumps(status, indent=2))
         return 0
     table = Table(title=f"taxi-mlops stack ({status['state_dir']})")
-    for col in ("component", "health", "url / path", "pid"):
+    for col in ("component", "health", "url / path", "pid", "details"):
         table.add_column(col)
+    shown = ("version", "phase", "processed", "joined", "model", "docs")
     for name, c in status["components"].items():
         health = "[green]ok[/]" if c["healthy"] else "[red]down[/]"
-        table.add_row(name, health, c.get("url") or c.get("path", ""), str(c.get("pid") or ""))
+        details = " ".join(f"{k}={c[k]}" for k in shown if c.get(k) not in (None, "", {}))
+        table.add_row(name, health, c.get("url") or c.get("path", ""), str(c.get("pid") or ""), details)
     console.print(table)
     return 0
 

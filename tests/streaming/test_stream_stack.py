@@ -17,6 +17,8 @@ from taxi_mlops.stack.process import wait_for
 from taxi_mlops.streaming import broker, events, label_join, prediction_log, processor, replay, topics
 from taxi_mlops.streaming import features as rt
 
+pytestmark = pytest.mark.slow  # a real broker, Redis and processor per session
+
 
 def _online(feast_store, area: int) -> dict:
     return online_features(feast_store, [area]).iloc[0].to_dict()
