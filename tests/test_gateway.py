@@ -106,3 +106,17 @@ def test_feature_store_down_gives_503_then_recovers(stack, supervisor, trip):
     r = post(stack, trip)
     assert r.status_code == 200, r.text
     assert r.json()["features_used"]["area_trip_count"] > 0  # Redis kept its data (RDB on stop)
+
+
+def test_chunked_body_over_the_limit_is_413(stack, trip):
+    def chunks():
+        yield b'{"company": "'
+        for _ in range(64):
+            yield b"x" * 16384
+        yield b'"}'
+
+    r = httpx.post(f"{stack.gateway_url}/predict", content=chunks(),
+                   headers={"content-type": "application/json"}, timeout=10)
+    assert r.status_code == 413
+    assert r.json()["detail"][0]["field"] == "body"
+    assert post(stack, trip).status_code == 200  # the gateway is unharmed

@@ -27,3 +27,15 @@ def test_feast_pusher_recorded_what_it_materialized(settings, trained):
     assert props["pushed"] == 1
     assert props["area_trip_stats_rows"] > 1000 and props["company_trip_stats_rows"] > 1000
     assert props["feature_service"] == "taxi_tip_model_v1"
+
+
+def test_cli_lineage_prints_the_data_version(settings, trained):
+    import os
+    import subprocess
+    import sys
+
+    dvc = yaml.safe_load(settings.data_csv.with_name("data.csv.dvc").read_text())
+    proc = subprocess.run([sys.executable, "-m", "taxi_mlops.cli", "lineage"], capture_output=True,
+                          text=True, timeout=60, env={**os.environ, **settings.as_env(), "COLUMNS": "400"})
+    assert proc.returncode == 0, proc.stderr
+    assert dvc["outs"][0]["md5"] in proc.stdout and "PushedModel" in proc.stdout

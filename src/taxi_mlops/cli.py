@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -17,7 +18,9 @@ from rich.table import Table
 
 from taxi_mlops.settings import Settings, get_settings
 
-console = Console(highlight=False, width=None if sys.stdout.isatty() else 150)
+# Rich reads COLUMNS itself; a pipe without it gets 150 columns rather than 80.
+console = Console(highlight=False,
+                  width=None if sys.stdout.isatty() or "COLUMNS" in os.environ else 150)
 err = Console(stderr=True, highlight=False)
 
 
@@ -238,6 +241,25 @@ def cmd_urls(settings: Settings, args) -> int:
     return 0
 
 
+def cmd_lineage(settings: Settings, args) -> int:
+    """Where the last pushed model came from, read from ML Metadata."""
+    from taxi_mlops.lineage import mlmd
+
+    try:
+        nodes = mlmd.serving_lineage(settings.mlmd_path)
+    except (FileNotFoundError, LookupError) as exc:
+        raise CliError(str(exc)) from exc
+    table = Table(title=f"lineage of the last pushed model ({settings.mlmd_path})")
+    for col in ("artifact", "produced by", "uri", "properties"):
+        table.add_column(col)
+    keep = ("pushed", "blessed", "dvc_data_version", "dvc_data_path", "split_names")
+    for n in nodes:
+        props = " ".join(f"{k}={v}" for k, v in n.properties.items() if k in keep)
+        table.add_row(f"{n.type} #{n.id}", n.produced_by.rsplit(".", 1)[-1], n.uri, props)
+    console.print(table)
+    return 0
+
+
 def cmd_env(settings: Settings, args) -> int:
     """Shell exports that point the plain Feast SDK or `feast` CLI at this stack's repo."""
     for key, value in settings.feast_env().items():
@@ -271,6 +293,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-rate", type=float, default=None, help="cap on events per second")
     p.set_defaults(func=cmd_stream_replay)
     sub.add_parser("urls", help="where everything is").set_defaults(func=cmd_urls)
+    sub.add_parser("lineage", help="ML Metadata lineage of the pushed model, back to the data version"
+                   ).set_defaults(func=cmd_lineage)
     sub.add_parser("env", help="exports for the Feast SDK and CLI: "
                    "eval \"$(taxi-mlops env)\"").set_defaults(func=cmd_env)
     return parser

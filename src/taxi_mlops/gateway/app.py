@@ -8,6 +8,7 @@ Bad input is a 4xx naming the field; a dependency that is down is a 503 saying w
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import time
 import uuid
@@ -38,6 +39,49 @@ class DependencyDown(Exception):
         self.dependency, self.message = dependency, message
 
 
+class BodyLimit:
+    """413 for a body over ``max_bytes``: by its Content-Length, or counted as a chunked body
+    streams in. Bodies are small (one trip), so the accepted ones are buffered and replayed."""
+
+    def __init__(self, app, max_bytes: int):
+        self.app, self.max_bytes = app, max_bytes
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http" or scope["method"] not in ("POST", "PUT", "PATCH"):
+            return await self.app(scope, receive, send)
+        length = dict(scope.get("headers") or []).get(b"content-length", b"")
+        if length.isdigit() and int(length) > self.max_bytes:
+            return await self._reject(send)
+        chunks, total, more = [], 0, True
+        while more:
+            message = await receive()
+            if message["type"] != "http.request":
+                return  # the client went away
+            chunks.append(message.get("body", b""))
+            total += len(chunks[-1])
+            if total > self.max_bytes:
+                return await self._reject(send)
+            more = message.get("more_body", False)
+        replayed = False
+
+        async def replay():
+            nonlocal replayed
+            if not replayed:
+                replayed = True
+                return {"type": "http.request", "body": b"".join(chunks), "more_body": False}
+            return await receive()
+
+        await self.app(scope, replay, send)
+
+    async def _reject(self, send):
+        body = json.dumps({"detail": [{"field": "body",
+                                       "message": f"request body over {self.max_bytes} bytes"}]}).encode()
+        await send({"type": "http.response.start", "status": 413,
+                    "headers": [(b"content-type", b"application/json"),
+                                (b"content-length", str(len(body)).encode())]})
+        await send({"type": "http.response.body", "body": body})
+
+
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or get_settings()
 
@@ -64,6 +108,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         lifespan=lifespan,
     )
 
+    app.add_middleware(BodyLimit, max_bytes=MAX_BODY_BYTES)
+
     async def features_for(trip: Trip) -> tuple[dict, list[str]]:
         lookup = app.state.features
         try:
@@ -79,14 +125,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             raise DependencyDown("feature_store", "feature store (Redis) timed out") from exc
         except Exception as exc:  # Feast raises many types for a down Redis
             raise DependencyDown("feature_store", f"feature store unavailable: {exc}") from exc
-
-    @app.middleware("http")
-    async def limit_body(request: Request, call_next):
-        length = request.headers.get("content-length")
-        if length and length.isdigit() and int(length) > MAX_BODY_BYTES:
-            return JSONResponse(status_code=413, content={
-                "detail": [{"field": "body", "message": f"request body over {MAX_BODY_BYTES} bytes"}]})
-        return await call_next(request)
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(request: Request, exc: RequestValidationError):
