@@ -90,8 +90,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.features = None
         app.state.prediction_log = PredictionLogger(settings)  # never blocks, never raises
         try:  # warm the Feast client now; if Redis is not up yet, the first request retries
-            app.state.features = await asyncio.wait_for(run_in_threadpool(FeatureLookup, settings),
-                                                        settings.request_timeout_s * 5)
+            await feature_lookup()
         except Exception as exc:
             log.warning("feature store not ready at start-up (%s); will retry per request", exc)
         app.state.inference = InferenceClient(settings.model_server_url, settings.model_name,
@@ -110,13 +109,16 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     app.add_middleware(BodyLimit, max_bytes=MAX_BODY_BYTES)
 
+    async def feature_lookup() -> FeatureLookup:
+        """The Feast client, built on first use: the gateway starts even if Redis is not up yet."""
+        if app.state.features is None:
+            app.state.features = await asyncio.wait_for(
+                run_in_threadpool(FeatureLookup, settings), settings.request_timeout_s * 5)
+        return app.state.features
+
     async def features_for(trip: Trip) -> tuple[dict, list[str]]:
-        lookup = app.state.features
         try:
-            if lookup is None:  # built lazily: the gateway starts even if Redis is not up yet
-                lookup = await asyncio.wait_for(run_in_threadpool(FeatureLookup, settings),
-                                                settings.request_timeout_s * 5)
-                app.state.features = lookup
+            lookup = await feature_lookup()
             area = trip.pickup_community_area if trip.pickup_community_area is not None else schema.MISSING_AREA
             company = trip.company or schema.MISSING_COMPANY
             return await asyncio.wait_for(run_in_threadpool(lookup.lookup, area, company),
@@ -178,10 +180,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def health():
         checks = {"model_server": await app.state.inference.ready()}
         try:
-            if app.state.features is None:
-                app.state.features = await asyncio.wait_for(
-                    run_in_threadpool(FeatureLookup, settings), settings.request_timeout_s * 5)
-            await asyncio.wait_for(run_in_threadpool(app.state.features.ping), settings.request_timeout_s)
+            lookup = await feature_lookup()
+            await asyncio.wait_for(run_in_threadpool(lookup.ping), settings.request_timeout_s)
             checks["feature_store"] = {"ok": True, "redis": settings.redis_url,
                                        "repo": str(settings.feast_repo)}
         except Exception as exc:

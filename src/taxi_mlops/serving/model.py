@@ -79,7 +79,7 @@ class TaxiTipModel(Model):
                     columns[inp.name] = inp.as_numpy()
                 except (TypeError, ValueError) as exc:
                     raise InvalidInput(f"input {inp.name!r} does not match {inp.datatype}: {exc}") from exc
-            return {**_columns(columns), "id": payload.id}
+            return {**_columns(columns, "v2"), "id": payload.id}
         elif isinstance(payload, dict) and isinstance(payload.get("instances"), list):
             rows = payload["instances"]
             if not rows or not all(isinstance(r, dict) for r in rows):
@@ -87,7 +87,7 @@ class TaxiTipModel(Model):
             columns = {n: [r.get(n) for r in rows] for n in schema.MODEL_INPUTS}
         else:
             raise InvalidInput("expected a v2 inference request or a v1 {'instances': [...]} body")
-        return _columns(columns)
+        return _columns(columns, "v1")
 
     async def predict(self, payload: dict, headers: dict | None = None,
                       response_headers: dict | None = None) -> InferResponse | dict:
@@ -104,8 +104,7 @@ class TaxiTipModel(Model):
         )
 
 
-def _columns(columns: dict[str, Any]) -> dict:
-    protocol = "v2"
+def _columns(columns: dict[str, Any], protocol: str) -> dict:
     missing = [n for n in schema.MODEL_INPUTS if n not in columns]
     if missing:
         raise InvalidInput(f"missing input(s): {', '.join(missing)}")
@@ -114,17 +113,14 @@ def _columns(columns: dict[str, Any]) -> dict:
         raise InvalidInput(f"unknown input(s): {', '.join(unknown)}")
     out, length, first = {}, None, None
     for name, datatype in schema.SERVING_DTYPES.items():
-        values = columns[name]
-        if not isinstance(values, np.ndarray):
-            protocol = "v1"
+        raw = np.asarray(columns[name], dtype=object).reshape(-1)
         try:
             if datatype == "BYTES":
-                array = np.array([v.decode() if isinstance(v, bytes) else str(v)
-                                  for v in np.asarray(values, dtype=object).reshape(-1)], dtype=object)
-                if any(v is None for v in np.asarray(values, dtype=object).reshape(-1)):
+                if any(v is None for v in raw):
                     raise ValueError("null value")
+                array = np.array([v.decode() if isinstance(v, bytes) else str(v) for v in raw],
+                                 dtype=object)
             else:
-                raw = np.asarray(values, dtype=object).reshape(-1)
                 if any(v is None or isinstance(v, (str, bytes)) for v in raw):
                     raise ValueError("not a number")
                 array = raw.astype(NUMPY_DTYPES[datatype])
