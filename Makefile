@@ -10,9 +10,10 @@ install:
 demo: install
 	$(CLI) up
 	$(CLI) train
-	$(CLI) stream replay --speed max --retime --limit 5000
+	$(CLI) stream replay --speed max --retime --limit 3000 --max-rate 200 --predict
 	$(CLI) predict
 	$(CLI) status
+	$(CLI) alerts
 	$(CLI) urls
 
 test: install

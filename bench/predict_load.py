@@ -38,36 +38,48 @@ def sample_trips(n: int) -> list[dict]:
     return trips
 
 
+async def open_loop(client: httpx.AsyncClient, url: str, trips: list[dict], rate: float,
+                    seconds: float) -> tuple[list[float], dict, float]:
+    """Send ``rate * seconds`` requests on schedule; (latencies in ms, status counts, elapsed s)."""
+    latencies, statuses = [], {}
+
+    async def one(trip):
+        t0 = time.perf_counter()
+        try:
+            r = await client.post(url, json=trip)
+            code = r.status_code
+        except httpx.HTTPError as exc:
+            code = type(exc).__name__
+        latencies.append((time.perf_counter() - t0) * 1000)
+        statuses[code] = statuses.get(code, 0) + 1
+
+    total = int(rate * seconds)
+    start = time.perf_counter()
+    tasks = []
+    for i in range(total):
+        delay = start + i / rate - time.perf_counter()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        tasks.append(asyncio.create_task(one(random.choice(trips))))
+    await asyncio.gather(*tasks)
+    return latencies, statuses, time.perf_counter() - start
+
+
+def summarize(latencies: list[float]) -> dict:
+    latencies = sorted(latencies)
+    q = statistics.quantiles(latencies, n=100)
+    return {"p50_ms": q[49], "p99_ms": q[98], "max_ms": latencies[-1], "mean_ms": statistics.fmean(latencies)}
+
+
 async def run(rate: float, seconds: float, url: str) -> dict:
     trips = sample_trips(500)
-    latencies, statuses = [], {}
     limits = httpx.Limits(max_connections=200, max_keepalive_connections=50)
     async with httpx.AsyncClient(timeout=10, limits=limits) as client:
-        async def one(trip):
-            t0 = time.perf_counter()
-            try:
-                r = await client.post(url, json=trip)
-                code = r.status_code
-            except httpx.HTTPError as exc:
-                code = type(exc).__name__
-            latencies.append((time.perf_counter() - t0) * 1000)
-            statuses[code] = statuses.get(code, 0) + 1
-
         await client.post(url, json=trips[0])  # warm-up
-        total = int(rate * seconds)
-        start = time.perf_counter()
-        tasks = []
-        for i in range(total):
-            delay = start + i / rate - time.perf_counter()
-            if delay > 0:
-                await asyncio.sleep(delay)
-            tasks.append(asyncio.create_task(one(random.choice(trips))))
-        await asyncio.gather(*tasks)
-        elapsed = time.perf_counter() - start
-    latencies.sort()
-    q = statistics.quantiles(latencies, n=100)
+        latencies, statuses, elapsed = await open_loop(client, url, trips, rate, seconds)
+    total = len(latencies)
     return {"requests": total, "offered_rps": rate, "achieved_rps": total / elapsed,
-            "p50_ms": q[49], "p99_ms": q[98], "max_ms": latencies[-1], "statuses": statuses}
+            **summarize(latencies), "statuses": statuses}
 
 
 def main() -> None:

@@ -32,6 +32,7 @@ from pathlib import Path
 from taxi_mlops.features import store
 from taxi_mlops.settings import Settings
 from taxi_mlops.stack.process import Service, Supervisor, wait_for
+from taxi_mlops.stack.streaming import kafka_service, processor_service
 from taxi_mlops.streaming import broker, events, processor, status, topics
 from taxi_mlops.streaming import features as rt
 
@@ -99,7 +100,7 @@ def start_group_at_end(settings: Settings, group: str) -> None:
 
 def start_instances(sup: Supervisor, settings: Settings, n: int, group: str) -> list[Service]:
     start_group_at_end(settings, group)
-    services = [processor.processor_service(settings, i, group=group, commit_interval_s=2.0) for i in range(n)]
+    services = [processor_service(settings, i, group=group, commit_interval_s=2.0) for i in range(n)]
     for s in services:
         sup.start(s)
     # All partitions (4 per topic) spread over the instances before any event is sent.
@@ -231,7 +232,7 @@ def main() -> int:
     print(f"machine: {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}, "
           f"Kafka {broker.KAFKA_VERSION}; state in {state}")
     try:
-        sup.start(broker.kafka_service(settings))
+        sup.start(kafka_service(settings))
         sup.start(redis_service(settings))
         topics.ensure_topics(settings.kafka_bootstrap_servers)
         store.apply(settings)

@@ -15,7 +15,7 @@ from taxi_mlops.features import store
 from taxi_mlops.pipeline import launcher
 from taxi_mlops.registry import models
 from taxi_mlops.settings import Settings
-from taxi_mlops.stack import services
+from taxi_mlops.stack import monitoring, services
 from taxi_mlops.stack.process import Supervisor, free_port
 
 
@@ -25,7 +25,13 @@ def settings(tmp_path_factory) -> Settings:
     return Settings(state_dir=state, redis_port=free_port(), mlflow_port=free_port(),
                     model_server_port=free_port(), gateway_port=free_port(),
                     kafka_port=free_port(), kafka_controller_port=free_port(),
-                    kafka_bootstrap_override=None, request_timeout_s=2.0)
+                    kafka_bootstrap_override=None, request_timeout_s=2.0,
+                    prometheus_port=free_port(), prometheus_external_url=None,
+                    pushgateway_port=free_port(), alertmanager_port=free_port(),
+                    alert_receiver_port=free_port(), kafka_metrics_port=free_port(),
+                    processor_metrics_port=free_port(), label_join_metrics_port=free_port(),
+                    # Fast scrapes and alert grouping so alert tests wait seconds, not minutes.
+                    scrape_interval_s=1.0, alert_group_wait_s=1.0)
 
 
 @pytest.fixture(scope="session")
@@ -35,9 +41,10 @@ def supervisor(settings) -> Supervisor:
 
 @pytest.fixture(scope="session")
 def base_stack(settings, supervisor):
-    """Redis + MLflow + applied Feast repo (no model yet)."""
+    """Redis + Pushgateway + MLflow + applied Feast repo (no model yet)."""
     os.environ.update(settings.feast_env())
     supervisor.start(services.redis_service(settings))
+    supervisor.start(monitoring.pushgateway_service(settings))  # the training run pushes to it
     supervisor.start(services.mlflow_service(settings))
     store.apply(settings)
     yield settings
@@ -82,3 +89,42 @@ TRIP = {
 @pytest.fixture
 def trip() -> dict:
     return dict(TRIP)
+
+
+@pytest.fixture(scope="session")
+def observed_stack(stack, settings):
+    """The whole stack under live traffic, scraped: what every dashboard panel and the
+    observability tests read. Sends /predict calls (one with an unseen company, so features
+    are defaulted), replays trips with predictions so the label join joins, and one
+    undecodable event so the dead-letter path has data; then waits until Prometheus has the
+    label join's live accuracy (the last figure to appear)."""
+    import httpx
+    from confluent_kafka import Producer
+
+    from taxi_mlops.observability import prometheus
+    from taxi_mlops.stack.process import wait_for
+    from taxi_mlops.streaming import replay, topics
+
+    with httpx.Client(timeout=10) as client:
+        for i in range(20):
+            r = client.post(f"{settings.gateway_url}/predict",
+                            json={**TRIP, "trip_id": f"warm-{i}",
+                                  "company": "Brand New Cab Co" if i == 0 else TRIP["company"]})
+            assert r.status_code == 200, r.text
+        assert client.get(f"{settings.gateway_url}/no-such-route").status_code == 404
+    result = replay.replay(settings, speed="max", retime=True, limit=400, max_rate=300,
+                           predict_url=settings.gateway_url, progress=lambda _msg: None)
+    assert result["predict_ok"] > 100, result
+    producer = Producer({"bootstrap.servers": settings.kafka_bootstrap_servers})
+    producer.produce(topics.TRIPS, value=b"{not json", key=b"8")
+    assert producer.flush(10) == 0
+
+    def scraped() -> bool:
+        try:
+            return bool(prometheus.query(settings, "taxi_live_joined > 0")) and bool(
+                prometheus.query(settings, "taxi_stream_events_dead_lettered_total"))
+        except Exception:
+            return False
+
+    assert wait_for(scraped, 90, 1.0), "Prometheus never saw the label join's figures"
+    return settings

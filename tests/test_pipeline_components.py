@@ -17,4 +17,4 @@ def test_component_executor_tests_pass_in_the_tfx_environment():
         capture_output=True, text=True, env=env, timeout=600)
     report = proc.stderr[-3000:]
     assert proc.returncode == 0, report
-    assert "Ran 6 tests" in report and "OK" in report, report
+    assert "Ran 13 tests" in report and "OK" in report, report

@@ -16,6 +16,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
+from taxi_mlops import paths
 from taxi_mlops.settings import Settings, get_settings
 
 # Rich reads COLUMNS itself; a pipe without it gets 150 columns rather than 80.
@@ -66,7 +67,7 @@ def cmd_down(settings: Settings, args) -> int:
 
 def stack_status(settings: Settings) -> dict:
     from taxi_mlops.stack import services
-    from taxi_mlops.stack.process import Supervisor, _safe
+    from taxi_mlops.stack.process import Supervisor, _safe, http_ok
 
     sup = Supervisor(settings)
     components = {}
@@ -79,9 +80,12 @@ def stack_status(settings: Settings) -> dict:
         components[service.name] = entry
     if "mlflow" not in components:
         components["mlflow"] = {"url": settings.mlflow_tracking_uri,
-                                "healthy": services._http_ok(f"{settings.mlflow_tracking_uri}/health"),
+                                "healthy": http_ok(f"{settings.mlflow_tracking_uri}/health"),
                                 "external": True}
     components["mlflow"]["tracking_uri"] = settings.mlflow_tracking_uri
+    if "prometheus" not in components:
+        components["prometheus"] = {"url": settings.prometheus_url, "external": True,
+                                    "healthy": http_ok(f"{settings.prometheus_url}/-/ready")}
     registry = settings.feast_data_dir / "registry.db"
     components["feast"] = {"path": str(settings.feast_repo), "registry": str(registry),
                            "healthy": registry.exists()}
@@ -97,7 +101,8 @@ def cmd_status(settings: Settings, args) -> int:
     table = Table(title=f"taxi-mlops stack ({status['state_dir']})")
     for col in ("component", "health", "url / path", "pid", "details"):
         table.add_column(col)
-    shown = ("version", "phase", "processed", "joined", "model", "docs")
+    shown = ("version", "phase", "processed", "joined", "model", "docs", "targets", "down", "firing",
+             "groups", "alerts_stored")
     for name, c in status["components"].items():
         health = "[green]ok[/]" if c["healthy"] else "[red]down[/]"
         details = " ".join(f"{k}={c[k]}" for k in shown if c.get(k) not in (None, "", {}))
@@ -189,9 +194,40 @@ SAMPLE_TRIPS = [
 ]
 
 
+def cmd_predict_csv(settings: Settings, args) -> int:
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from taxi_mlops.gateway.batch import BatchScoringError, score_csv
+
+    src = Path(args.file)
+    if not src.exists():
+        raise CliError(f"{src} does not exist")
+    out = Path(args.out) if args.out else src.with_name(src.stem + ".predictions.csv")
+    with Progress(TextColumn("scoring {task.description}"), BarColumn(),
+                  TextColumn("{task.completed}/{task.total} rows"), TimeElapsedColumn(),
+                  console=console) as progress:
+        task = progress.add_task(src.name, total=None)
+        try:
+            result = score_csv(settings.gateway_url, src, out,
+                               progress=lambda done, total: progress.update(task, completed=done, total=total))
+        except BatchScoringError as exc:
+            raise CliError(str(exc)) from exc
+    if result["ignored_columns"]:
+        console.print(f"ignored the label column(s) {', '.join(result['ignored_columns'])}: "
+                      "a prediction cannot know them")
+    console.print(f"{result['answered']} of {result['rows']} rows scored, {result['rejected']} refused "
+                  f"(see the error column) in {result['seconds']}s ({result['rows_per_s']} rows/s) "
+                  f"-> {result['out']}")
+    return 0
+
+
 def cmd_predict(settings: Settings, args) -> int:
     import httpx
 
+    if args.file and args.file.endswith(".csv"):
+        return cmd_predict_csv(settings, args)
+    if args.out:
+        raise CliError("--out is for CSV input: `taxi-mlops predict --file trips.csv --out predictions.csv`")
     trips = SAMPLE_TRIPS if not args.file else json.loads(Path(args.file).read_text())
     if isinstance(trips, dict):
         trips = [trips]
@@ -222,10 +258,12 @@ def cmd_predict(settings: Settings, args) -> int:
 def cmd_stream_replay(settings: Settings, args) -> int:
     from taxi_mlops.streaming import replay
 
-    _require_up(settings, ("kafka",))
+    _require_up(settings, ("kafka",) + (("gateway",) if args.predict else ()))
     with console.status("replaying trips …") as status:
         result = replay.replay(settings, speed=args.speed, retime=args.retime, limit=args.limit,
                                max_rate=args.max_rate,
+                               predict_url=settings.gateway_url if args.predict else None,
+                               predict_concurrency=args.predict_concurrency,
                                progress=lambda msg: status.update(f"replay: {msg}"))
     console.print(f"replayed: {result}")
     return 0
@@ -235,6 +273,12 @@ def cmd_urls(settings: Settings, args) -> int:
     console.print(f"gateway      {settings.gateway_url}/docs")
     console.print(f"model server {settings.model_server_url}/v2/models/{settings.model_name}")
     console.print(f"MLflow       {settings.mlflow_tracking_uri}")
+    console.print(f"Prometheus   {settings.prometheus_url}")
+    console.print(f"Alertmanager {settings.alertmanager_url}")
+    console.print(f"Pushgateway  {settings.pushgateway_url}")
+    console.print(f"alerts       {settings.alert_receiver_url}/alerts  (taxi-mlops alerts)")
+    console.print(f"dashboards   {paths.PROJECT_ROOT / 'deploy' / 'grafana'}  (Grafana provisioning)")
+    console.print(f"logs         {settings.logs_dir}  (taxi-mlops logs)")
     console.print(f"Redis        {settings.redis_url}")
     console.print(f"Feast repo   {settings.feast_repo}")
     console.print(f"MLMD         {settings.mlmd_path}")
@@ -260,6 +304,46 @@ def cmd_lineage(settings: Settings, args) -> int:
     return 0
 
 
+def cmd_alerts(settings: Settings, args) -> int:
+    """What is firing now (Alertmanager) and what fired (our receiver's record)."""
+    from taxi_mlops.observability import alerts
+
+    view = alerts.overview(settings, since=args.since, limit=args.limit)
+    if args.json:
+        print(json.dumps(view, indent=2, default=str))
+    else:
+        console.print(alerts.render(view))
+        if view["errors"]:
+            err.print("[yellow]some alert sources did not answer: start them with `taxi-mlops up`[/]")
+    return 0
+
+
+def cmd_logs(settings: Settings, args) -> int:
+    """Every component's JSON-lines log merged in time order, filtered, optionally followed."""
+    from taxi_mlops.observability import logview
+
+    component = args.component or args.component_opt
+    try:
+        since_s = logview.parse_duration(args.since) if args.since else None
+    except ValueError as exc:
+        raise CliError(f"--since {args.since!r}: {exc} (use e.g. 30s, 10m, 2h)") from exc
+    known = {p.stem for p in logview.log_files(settings)}
+    if component and component not in known:
+        raise CliError(f"no log for {component!r} in {settings.logs_dir}; known: {', '.join(sorted(known))}")
+    records = (logview.follow(settings, component, args.request_id, since_s) if args.follow
+               else logview.merge(settings, component, args.request_id, since_s))
+    shown = 0
+    try:
+        for rec in records:
+            print(json.dumps(rec, default=str) if args.json else logview.format_record(rec), flush=args.follow)
+            shown += 1
+    except KeyboardInterrupt:
+        pass
+    if not shown and not args.follow:
+        err.print("no matching log lines")
+    return 0
+
+
 def cmd_env(settings: Settings, args) -> int:
     """Shell exports that point the plain Feast SDK or `feast` CLI at this stack's repo."""
     for key, value in settings.feast_env().items():
@@ -281,8 +365,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_train)
     sub.add_parser("deploy", help="load the current champion into the model server").set_defaults(
         func=cmd_deploy)
-    p = sub.add_parser("predict", help="send sample trips (or a JSON file) through the gateway")
-    p.add_argument("--file", help="JSON file with one trip or a list of trips")
+    p = sub.add_parser("predict", help="send sample trips, a JSON file or a CSV through the gateway")
+    p.add_argument("--file", help="JSON file with one trip or a list of trips, or a CSV of trips "
+                                  "(the data set's columns) scored in batches of 1,000")
+    p.add_argument("--out", help="where a CSV's predictions go (default: <file>.predictions.csv)")
     p.set_defaults(func=cmd_predict)
     stream = sub.add_parser("stream", help="Kafka streaming").add_subparsers(dest="stream_cmd", required=True)
     p = stream.add_parser("replay", help="replay the CSV's trips and labels into Kafka in event-time order")
@@ -291,7 +377,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--retime", action="store_true", help="shift event times so the replay ends now")
     p.add_argument("--limit", type=int, default=None, help="replay only the first N trips")
     p.add_argument("--max-rate", type=float, default=None, help="cap on events per second")
+    p.add_argument("--predict", action="store_true",
+                   help="also POST each trip to the gateway's /predict as it starts (live traffic "
+                        "for the label join and the dashboards)")
+    p.add_argument("--predict-concurrency", type=int, default=8,
+                   help="requests in flight at most; trips beyond it are skipped and counted")
     p.set_defaults(func=cmd_stream_replay)
+    p = sub.add_parser("alerts", help="alerts firing now (Alertmanager) and fired (our receiver)")
+    p.add_argument("--since", default="24h", help="history window, e.g. 30m, 24h (default 24h)")
+    p.add_argument("--limit", type=int, default=50)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_alerts)
+    p = sub.add_parser("logs", help="every component's log merged in time order")
+    p.add_argument("component", nargs="?", help="only this component (its log file's name)")
+    p.add_argument("--component", dest="component_opt", help=argparse.SUPPRESS)
+    p.add_argument("--request-id", help="only lines of this request (gateway -> model server -> log)")
+    p.add_argument("--since", help="only the last 30s / 10m / 2h")
+    p.add_argument("--follow", "-f", action="store_true", help="keep printing new lines (Ctrl-C stops)")
+    p.add_argument("--json", action="store_true", help="one JSON object per line")
+    p.set_defaults(func=cmd_logs)
     sub.add_parser("urls", help="where everything is").set_defaults(func=cmd_urls)
     sub.add_parser("lineage", help="ML Metadata lineage of the pushed model, back to the data version"
                    ).set_defaults(func=cmd_lineage)

@@ -45,6 +45,22 @@ class Settings(BaseSettings):
         description="Use an external Kafka cluster; no broker is started.",
     )
 
+    # ---- observability ------------------------------------------------------------------
+    prometheus_port: int = 9090
+    prometheus_external_url: str | None = Field(
+        None, description="Use an external Prometheus (it must scrape our targets); none is started.")
+    pushgateway_port: int = 9091
+    alertmanager_port: int = 9094
+    alert_receiver_port: int = 9095
+    kafka_metrics_port: int = Field(9096, description="The broker's JMX exporter agent.")
+    processor_metrics_port: int = Field(9097, description="Stream processor instance N uses this + N.")
+    label_join_metrics_port: int = 9107
+    scrape_interval_s: float = Field(5.0, description="Prometheus scrape and rule evaluation interval.")
+    alert_group_wait_s: float = Field(5.0, description="Alertmanager group_wait and group_interval.")
+    metrics_enabled: bool = Field(True, description="Gateway and model-server metrics (off only to measure their cost).")
+    gateway_workers: int = Field(1, description="Gateway worker processes (metrics stay correct across them).")
+    log_level: str = "INFO"
+
     model_name: str = MODEL_NAME
     serving_alias: str = "champion"
     data_csv: Path = paths.PROJECT_ROOT / "data" / "chicago_taxi" / "data.csv"
@@ -119,6 +135,27 @@ class Settings(BaseSettings):
     @property
     def gateway_url(self) -> str:
         return f"http://{self.host}:{self.gateway_port}"
+
+    @property
+    def metrics_dir(self) -> Path:
+        """Per-component folders for prometheus_client's multiprocess mode."""
+        return self.state_dir / "metrics"
+
+    @property
+    def prometheus_url(self) -> str:
+        return self.prometheus_external_url or f"http://{self.host}:{self.prometheus_port}"
+
+    @property
+    def alertmanager_url(self) -> str:
+        return f"http://{self.host}:{self.alertmanager_port}"
+
+    @property
+    def pushgateway_url(self) -> str:
+        return f"http://{self.host}:{self.pushgateway_port}"
+
+    @property
+    def alert_receiver_url(self) -> str:
+        return f"http://{self.host}:{self.alert_receiver_port}"
 
     def feast_env(self) -> dict[str, str]:
         """Variables that ``feature_store.yaml`` substitutes, for the SDK and the ``feast`` CLI."""

@@ -7,8 +7,10 @@ import time
 import uuid
 from datetime import datetime, timezone
 
+import httpx
 import pandas as pd
 from confluent_kafka import Consumer, TopicPartition
+from prometheus_client.parser import text_string_to_metric_families
 
 from taxi_mlops.stack.process import wait_for
 from taxi_mlops.streaming import events, topics
@@ -127,3 +129,20 @@ def trip(trip_id: str, area: int, when: datetime | None = None, fare: float = 10
 
 def decode_json(msg) -> dict:
     return json.loads(msg.value())
+
+
+def scrape(url: str) -> dict[tuple[str, tuple], float]:
+    """One Prometheus scrape as {(sample name, sorted labels): value}."""
+    text = httpx.get(url, timeout=5).text
+    return {(s.name, tuple(sorted(s.labels.items()))): s.value
+            for f in text_string_to_metric_families(text) for s in f.samples}
+
+
+def total(samples: dict, name: str, **labels) -> float:
+    """The sum of ``name`` over the series whose labels include ``labels``."""
+    return sum(v for (n, lab), v in samples.items()
+               if n == name and all(dict(lab).get(k) == val for k, val in labels.items()))
+
+
+def has(samples: dict, name: str) -> bool:
+    return any(n == name for n, _ in samples)

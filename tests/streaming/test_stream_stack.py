@@ -1,5 +1,6 @@
 """The streaming path against a real Kafka broker, Redis and Feast: freshness, dead letters,
-crash recovery of the processor, a broker restart under load, and buffered prediction logs."""
+crash recovery of the processor, a broker restart under load, buffered prediction logs, and
+the metrics of the processor, the label join and the broker (JMX exporter)."""
 
 from __future__ import annotations
 
@@ -8,13 +9,16 @@ import time
 import uuid
 from datetime import datetime, timedelta, timezone
 
+import json
+
 import pandas as pd
 import pytest
-from stream_helpers import (PROCESSOR_GROUP, batch_features, caught_up, decode_json, end_offsets, online_features,
-                            read_topic, trip, wait_caught_up)
+from stream_helpers import (PROCESSOR_GROUP, batch_features, caught_up, decode_json, end_offsets, has,
+                            online_features, read_topic, scrape, total, trip, wait_caught_up)
 
 from taxi_mlops.stack.process import wait_for
-from taxi_mlops.streaming import broker, events, label_join, prediction_log, processor, replay, topics
+from taxi_mlops.stack.streaming import kafka_service, label_join_service
+from taxi_mlops.streaming import broker, events, prediction_log, processor, replay, topics
 from taxi_mlops.streaming import features as rt
 
 pytestmark = pytest.mark.slow  # a real broker, Redis and processor per session
@@ -91,6 +95,88 @@ def test_malformed_and_invalid_events_are_dead_lettered(kafka, stream_processor)
     assert "tips" in found[label]["reason"]
 
 
+def _processor_metrics_url(settings) -> str:
+    return f"http://{settings.host}:{settings.processor_metrics_port}/metrics"
+
+
+def test_processor_metrics_move_with_a_replay(kafka, stream_processor, stream_settings):
+    url = _processor_metrics_url(stream_settings)
+    assert processor.read_status(stream_settings, 0)["metrics"] == url
+    before = scrape(url)
+    producer = events.EventProducer(kafka, "test-metrics")
+    producer.produce_raw(topics.TRIPS, b"not json at all", key=b"3")
+    producer.flush_or_raise(10)
+    # Retimed to now: the areas' windows move on, so every trip changes its area's features
+    # (the same trips at their CSV times are duplicates or too old for the window state).
+    replay.replay(stream_settings, speed="max", retime=True, limit=500, progress=lambda _: None)
+
+    seen = {}
+
+    def moved() -> bool:
+        now = scrape(url)
+        seen.update(commits=total(now, "taxi_stream_commits_total") > total(before, "taxi_stream_commits_total"),
+                    dead=total(now, "taxi_stream_events_dead_lettered_total", reason="json")
+                    > total(before, "taxi_stream_events_dead_lettered_total", reason="json"),
+                    caught_up=caught_up(kafka, PROCESSOR_GROUP))
+        return all(seen.values())
+    assert wait_for(moved, 90, 0.5), (f"the processor's metrics did not move after the replay: {seen}; "
+                                      f"{processor.read_status(stream_settings, 0)}")
+    after = scrape(url)
+    for name, labels in (("taxi_stream_events_consumed_total", {"topic": topics.TRIPS}),
+                         ("taxi_stream_events_consumed_total", {"topic": topics.LABELS}),
+                         ("taxi_stream_events_dead_lettered_total", {"topic": topics.TRIPS, "reason": "json"}),
+                         ("taxi_stream_freshness_seconds_count", {}),
+                         ("taxi_stream_freshness_seconds_sum", {}),
+                         ("taxi_stream_push_duration_seconds_count", {}),
+                         ("taxi_stream_pushed_rows_total", {}),
+                         ("taxi_stream_commits_total", {})):
+        assert total(after, name, **labels) > total(before, name, **labels), (name, labels)
+    consumed = total(after, "taxi_stream_events_consumed_total") - total(before, "taxi_stream_events_consumed_total")
+    assert consumed >= 1001  # 500 trips, 500 labels, the bad one
+    # Freshness: each event of a push, message timestamp -> push done; a local replay is fast.
+    fresh_n = total(after, "taxi_stream_freshness_seconds_count") - total(before, "taxi_stream_freshness_seconds_count")
+    assert fresh_n >= 500
+    assert total(after, "taxi_stream_freshness_seconds_bucket", le="+Inf") == total(
+        after, "taxi_stream_freshness_seconds_count")
+    # Lag per topic and partition: every assigned partition has a series; caught up means 0.
+    lags = {dict(lab)["partition"] for (n, lab), _ in after.items()
+            if n == "taxi_stream_consumer_lag" and dict(lab)["topic"] == topics.TRIPS}
+    assert lags == {str(p) for p in range(topics.partition_count(kafka, topics.TRIPS))}
+    assert wait_for(lambda: total(scrape(url), "taxi_stream_consumer_lag") == 0, 30, 0.5)
+    # The processor logs JSON lines (observability.logs).
+    lines = (stream_settings.logs_dir / f"{stream_processor.name}.log").read_text().splitlines()
+    records = [json.loads(line) for line in lines if line.startswith("{")]
+    assert any(r["logger"].startswith("taxi_mlops.streaming") for r in records)
+    assert all(r["component"] == stream_processor.name and r["ts"].endswith("Z") for r in records)
+
+
+def test_broker_jmx_exporter_serves_the_kafka_families(kafka, stream_settings):
+    url = broker.metrics_url(stream_settings)
+    producer = events.EventProducer(kafka, "test-jmx")
+    for i in range(20):
+        producer.produce_raw(topics.DEADLETTER, b"{}", key=f"k{i}".encode())
+    producer.flush_or_raise(10)
+    read_topic(kafka, topics.DEADLETTER)  # a fetch: bytes out of the topic
+
+    def ready() -> bool:
+        samples = scrape(url)
+        return (total(samples, "kafka_server_brokertopicmetrics_messagesin_total", topic=topics.DEADLETTER) >= 20
+                and total(samples, "kafka_server_brokertopicmetrics_bytesout_total", topic=topics.DEADLETTER) > 0)
+    assert wait_for(ready, 30, 0.5), "the JMX exporter does not show the produced messages"
+    samples = scrape(url)
+    assert total(samples, "kafka_server_brokertopicmetrics_bytesin_total", topic=topics.DEADLETTER) > 0
+    assert has(samples, "kafka_server_replicamanager_underreplicatedpartitions")
+    assert total(samples, "kafka_server_replicamanager_underreplicatedpartitions") == 0
+    quantiles = {dict(lab)["quantile"] for (n, lab), _ in samples.items()
+                 if n == "kafka_network_requestmetrics_totaltimems" and dict(lab)["request"] == "Produce"}
+    assert quantiles == {"0.50", "0.99"}
+    # The broker logs JSON lines (log4j2 JsonTemplateLayout).
+    records = [json.loads(line) for line in (stream_settings.logs_dir / "kafka.log").read_text().splitlines()
+               if line.startswith("{")]
+    assert any(r["logger"].startswith("kafka.") for r in records)
+    assert all(r["component"] == "kafka" for r in records)
+
+
 def test_processor_killed_mid_replay_recovers_exact_features(kafka, feast_store, stream_processor,
                                                             stream_settings, stream_supervisor):
     """kill -9 the processor while trips stream in; after a restart the online features equal
@@ -141,7 +227,7 @@ def test_broker_restart_mid_replay_loses_no_acknowledged_event(kafka, stream_set
     thread.start()
     assert wait_for(lambda: len(progress) >= 3, 30, 0.05)  # about 2,000 events in
     stream_supervisor.kill("kafka")  # kill -9: no controlled shutdown
-    stream_supervisor.start(broker.kafka_service(stream_settings))
+    stream_supervisor.start(kafka_service(stream_settings))
     thread.join(timeout=180)
     assert not errors, errors
     assert result["delivered"] == result["sent"] == 10_000 and result["failed"] == 0
@@ -176,7 +262,7 @@ def test_prediction_logs_buffered_while_broker_is_down_arrive_after(kafka, strea
         assert counts["buffered"] == 200 and counts["sent"] == 0 and counts["invalid"] == 1
         assert small.counters()["dropped"] == 195 and small.counters()["buffered"] == 5
     finally:
-        stream_supervisor.start(broker.kafka_service(stream_settings))
+        stream_supervisor.start(kafka_service(stream_settings))
     assert wait_for(lambda: logger.counters()["sent"] == 200, 90, 0.2), logger.counters()
     assert logger.close(10) == 0 and small.close(10) == 0
     assert logger.counters()["delivery_errors"] == 0
@@ -187,7 +273,7 @@ def test_prediction_logs_buffered_while_broker_is_down_arrive_after(kafka, strea
 def test_label_join_publishes_live_accuracy_per_model_version(kafka, stream_settings, stream_supervisor):
     start = end_offsets(kafka, topics.MODEL_METRICS)
     version = f"v-{uuid.uuid4().hex[:6]}"
-    service = label_join.label_join_service(stream_settings, window_s=600)
+    service = label_join_service(stream_settings, window_s=600)
     stream_supervisor.start(service)
     try:
         producer = events.EventProducer(kafka, "test-label-join")
@@ -215,6 +301,20 @@ def test_label_join_publishes_live_accuracy_per_model_version(kafka, stream_sett
         assert metrics["brier"] == pytest.approx((6 * 0.01 + 2 * 0.81 + 2 * 0.01) / 10)
         assert metrics["model_alias"] == "champion"
         assert service.details()["joined"] >= 10
+
+        # The same figures on the label join's /metrics, per model name, version and alias.
+        url = f"http://{stream_settings.host}:{stream_settings.label_join_metrics_port}/metrics"
+        series = {"model_name": "tips", "model_version": version, "alias": "champion"}
+        assert wait_for(lambda: total(scrape(url), "taxi_live_joined", **series) == 10, 30, 0.3)
+        samples = scrape(url)
+        assert total(samples, "taxi_live_accuracy", **series) == pytest.approx(0.8)
+        assert total(samples, "taxi_live_positive_rate", **series) == pytest.approx(0.6)
+        assert total(samples, "taxi_live_brier_score", **series) == pytest.approx(metrics["brier"])
+        for name in ("taxi_label_join_labels_total", "taxi_label_join_predictions_total",
+                     "taxi_label_join_joined_total"):
+            assert total(samples, name) >= 10, name
+        assert has(samples, "taxi_label_join_unmatched_total")
+        assert service.details()["metrics"] == url
     finally:
         stream_supervisor.stop(service.name)
 
@@ -238,3 +338,4 @@ def test_processor_service_reports_progress(stream_settings, stream_processor, k
     details = stream_processor.details()
     assert details["phase"] == "running" and details["processed"] > 0
     assert caught_up(kafka, PROCESSOR_GROUP) in (True, False)
+

@@ -35,12 +35,39 @@ FEATURE_SERVICE = "taxi_tip_model_v1"
 AREA_VIEW = "area_trip_stats"
 COMPANY_VIEW = "company_trip_stats"
 
-# How a missing raw value or an unknown entity is represented, identically in training and
-# serving: an empty area becomes -1, an empty company "UNKNOWN", a missing number 0. An entity
-# the store has never seen gets count 0 (the model learns what "no history" means).
+# How a missing raw value is represented, identically in training and serving: an empty area
+# becomes -1, an empty company "UNKNOWN", a missing number 0.
 MISSING_AREA = -1
 MISSING_COMPANY = "UNKNOWN"
+
+# Entities with little or no history. Zeros would tell the model "this company's riders never
+# tip" (it learned exactly that before), so an entity's averages are shrunk toward the global
+# ones by PRIOR_STRENGTH pseudo-trips, and an entity never seen gets the global averages with a
+# count of 0 (the count is the "how well known" signal). The global averages "as of" a moment
+# are stored under these reserved keys, so the gateway reads the prior from the same store.
+PRIOR_STRENGTH = 20.0
+PRIOR_AREA = -999
+PRIOR_COMPANY = "__PRIOR__"
+# Only when not even the prior is known (before the first day of data, or an empty store).
 STORE_DEFAULTS = {name: 0.0 for name in STORE_FEATURES}
+
+
+def entity_features(prefix: str, n, fare_sum, big_sum, prior_fare, prior_rate) -> dict:
+    """The one rule for an entity's store features, used by the feature tables (on columns)
+    and, through the stored prior rows, by serving: ``n`` trips so far with ``fare_sum`` and
+    ``big_sum`` big tippers, smoothed toward the global ``prior_fare`` / ``prior_rate``.
+    With ``n == 0`` this is exactly the prior: what an unseen entity gets."""
+    m = PRIOR_STRENGTH
+    return {
+        f"{prefix}_trip_count": n * 1.0,
+        f"{prefix}_avg_fare": (fare_sum + m * prior_fare) / (n + m),
+        f"{prefix}_tip_rate": (big_sum + m * prior_rate) / (n + m),
+    }
+
+
+def unseen_entity_features(prefix: str, prior_fare: float, prior_rate: float) -> dict:
+    """What an entity with no history gets: the prior itself, with count 0."""
+    return entity_features(prefix, 0, 0.0, 0.0, prior_fare, prior_rate)
 
 # Dtypes of the serving signature (and of the v2 protocol's tensors).
 SERVING_DTYPES = {

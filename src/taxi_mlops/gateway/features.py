@@ -21,19 +21,34 @@ class FeatureLookup:
         self._refs += [f"{realtime.REALTIME_VIEW}:{name}" for name in realtime.REALTIME_FEATURES]
 
     def lookup(self, area: int, company: str) -> tuple[dict[str, float], list[str]]:
-        """Store features for the entities, and the names that fell back to defaults."""
-        row = self._store.get_online_features(
+        """Store features for the entities, and the names that fell back to defaults.
+
+        The prior rows (``schema.PRIOR_*`` keys) are read in the same call: an entity the
+        store lacks gets the prior, exactly as a training trip of an entity's first day does
+        (``tables.point_in_time_join``); zeros only if the prior itself is missing."""
+        return self.lookup_many([(area, company)])[0]
+
+    def lookup_many(self, keys: list[tuple[int, str]]) -> list[tuple[dict[str, float], list[str]]]:
+        """``lookup`` for many (area, company) pairs in one online read (batch scoring)."""
+        rows = self._store.get_online_features(
             features=self._refs,
-            entity_rows=[{schema.AREA_KEY: area, schema.COMPANY_KEY: company}],
+            entity_rows=[{schema.AREA_KEY: a, schema.COMPANY_KEY: c} for a, c in keys]
+            + [{schema.AREA_KEY: schema.PRIOR_AREA, schema.COMPANY_KEY: schema.PRIOR_COMPANY}],
         ).to_dict()
-        values, defaulted = {}, []
-        for name, default in DEFAULTS.items():
-            value = row.get(name, [None])[0]
-            if value is None:
-                defaulted.append(name)
-                value = default
-            values[name] = float(value)
-        return values, defaulted
+        prior_at = len(keys)
+        out = []
+        for i in range(len(keys)):
+            values, defaulted = {}, []
+            for name, default in DEFAULTS.items():
+                column = rows.get(name) or [None] * (prior_at + 1)
+                value = column[i]
+                if value is None:
+                    defaulted.append(name)
+                    prior = column[prior_at] if name in schema.STORE_FEATURES else None
+                    value = prior if prior is not None else default
+                values[name] = float(value)
+            out.append((values, defaulted))
+        return out
 
     def ping(self) -> bool:
         self._store.get_online_features(

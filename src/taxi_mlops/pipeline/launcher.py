@@ -3,11 +3,14 @@
 Runs in the platform environment (Python 3.11). It checks the DVC data version, joins the
 trips with their point-in-time features into the pipeline's input folder, finds the current
 champion to evaluate against, and starts ``taxi_mlops.pipeline.run`` in the TFX environment.
+When the run ends (either way) it pushes the run's metrics to the Pushgateway
+(``pipeline/metrics.py``); a Pushgateway that is down costs a warning, never the run.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import subprocess
 import sys
 import time
@@ -18,9 +21,13 @@ from typing import Callable
 from taxi_mlops import paths
 from taxi_mlops.data import versioning
 from taxi_mlops.features import schema, tables
+from taxi_mlops.pipeline import metrics, slicing
 from taxi_mlops.registry import models
 from taxi_mlops.settings import Settings
 from taxi_mlops.stack.process import child_env
+
+
+log = logging.getLogger(__name__)
 
 
 class PipelineFailed(RuntimeError):
@@ -33,6 +40,8 @@ class TrainingResult:
     seconds: float
     components: list[str] = field(default_factory=list)
     log_path: str = ""
+    component_seconds: dict[str, float] = field(default_factory=dict)
+    eval_metrics: dict[str, float] = field(default_factory=dict)  # binary_accuracy, auc, ...
 
 
 def prepare_input(settings: Settings) -> tuple[Path, versioning.DataVersion]:
@@ -40,12 +49,37 @@ def prepare_input(settings: Settings) -> tuple[Path, versioning.DataVersion]:
     version = versioning.current(settings.data_csv)
     input_dir = settings.pipeline_root / "input" / version.md5
     marker = input_dir / "data_version.json"
-    if not marker.exists():
+    columns = input_columns()
+    if not marker.exists() or _csv_header(input_dir / "data.csv") != columns:
         input_dir.mkdir(parents=True, exist_ok=True)
-        frame = tables.training_frame(tables.load_trips(settings.data_csv))
-        frame[schema.MODEL_INPUTS + [schema.LABEL]].to_csv(input_dir / "data.csv", index=False)
+        frame = with_slice_columns(tables.training_frame(tables.load_trips(settings.data_csv)))
+        frame[columns].to_csv(input_dir / "data.csv", index=False)
         marker.write_text(json.dumps(version.as_dict(), indent=2))
     return input_dir, version
+
+
+def input_columns() -> list[str]:
+    """The pipeline CSV's columns: model inputs, label, then the Evaluator's slice-only
+    columns (strings; no model input reads them, see ``pipeline/slicing.py``)."""
+    return schema.MODEL_INPUTS + [schema.LABEL] + slicing.SLICE_COLUMNS
+
+
+def with_slice_columns(frame):
+    """``company_known`` (the company had trips before this one's day, point in time) and
+    ``hour_bucket`` (night / morning / afternoon / evening) for the Evaluator to slice on."""
+    frame = frame.copy()
+    frame[slicing.COMPANY_KNOWN] = frame["company_trip_count"].map(slicing.company_known)
+    frame[slicing.HOUR_BUCKET] = frame["trip_start_hour"].map(slicing.hour_bucket)
+    return frame
+
+
+def _csv_header(path: Path) -> list[str]:
+    """An input folder written before a column change is rewritten, not reused."""
+    try:
+        with path.open() as f:
+            return f.readline().rstrip("\n").split(",")
+    except OSError:
+        return []
 
 
 def pipeline_env(settings: Settings) -> dict[str, str]:
@@ -62,7 +96,52 @@ def pipeline_env(settings: Settings) -> dict[str, str]:
 
 def run_training(settings: Settings, progress: Callable[[dict], None] = lambda e: None,
                  **overrides) -> TrainingResult:
+    """Run the pipeline; push its metrics to the Pushgateway whether it succeeds or fails."""
     started = time.monotonic()
+    timer = metrics.RunTimer()
+
+    def observe(event: dict) -> None:
+        timer.observe(event)
+        progress(event)
+
+    try:
+        result = _run(settings, observe, started, **overrides)
+    except BaseException:
+        registry = metrics.build_registry(
+            success=False, run_seconds=time.monotonic() - started, finished_at=time.time(),
+            component_seconds=timer.until_now())
+        metrics.push(settings.pushgateway_url, registry, replace=False)
+        raise
+    result.component_seconds = dict(timer.durations)
+    result.eval_metrics = run_eval_metrics(settings)
+    registry = metrics.build_registry(
+        success=True, run_seconds=result.seconds, finished_at=time.time(),
+        component_seconds=result.component_seconds, eval_metrics=result.eval_metrics)
+    metrics.push(settings.pushgateway_url, registry)
+    return result
+
+
+def run_eval_metrics(settings: Settings) -> dict[str, float]:
+    """Evaluation metrics of the model the last run trained: the ``eval_*`` metrics
+    MlflowLogger logged to the MLflow run of the newest ``MlflowModelVersion`` artifact in ML
+    Metadata (one per run, blessed or not). Empty, with a warning, when they cannot be read."""
+    from taxi_mlops.lineage import mlmd
+
+    try:
+        store = mlmd.open_store(settings.mlmd_path)
+        artifact = mlmd.latest(store, "MlflowModelVersion")
+        run_id = artifact.properties["run_id"].string_value if "run_id" in artifact.properties else ""
+        if not run_id:
+            raise LookupError(f"MlflowModelVersion artifact {artifact.id} has no run_id")
+        run = models.client(settings.mlflow_tracking_uri).get_run(run_id)
+    except Exception as exc:  # noqa: BLE001 - metrics are a report, not part of training
+        log.warning("no evaluation metrics for the Pushgateway: %s", exc)
+        return {}
+    return metrics.eval_metrics(run.data.metrics)
+
+
+def _run(settings: Settings, progress: Callable[[dict], None], started: float,
+         **overrides) -> TrainingResult:
     settings.pipeline_root.mkdir(parents=True, exist_ok=True)
     settings.logs_dir.mkdir(parents=True, exist_ok=True)
     progress({"step": "data", "state": "running"})
@@ -92,15 +171,15 @@ def run_training(settings: Settings, progress: Callable[[dict], None] = lambda e
     log_path = settings.logs_dir / f"pipeline-{time.strftime('%Y%m%d-%H%M%S')}.log"
     result = TrainingResult(data_version=version.md5, seconds=0.0, log_path=str(log_path))
     python = str(settings.resolved_pipeline_python())
-    with log_path.open("w") as log:
+    with log_path.open("w") as log_file:
         proc = subprocess.Popen(
             [python, "-m", "taxi_mlops.pipeline.run", str(config_path)],
-            stdout=subprocess.PIPE, stderr=log, text=True, env=pipeline_env(settings),
+            stdout=subprocess.PIPE, stderr=log_file, text=True, env=pipeline_env(settings),
             cwd=settings.pipeline_root,
         )
         assert proc.stdout is not None
         for line in proc.stdout:
-            log.write(line)
+            log_file.write(line)
             if line.startswith("PROGRESS "):
                 event = json.loads(line[len("PROGRESS "):])
                 if "components" in event:

@@ -2,12 +2,14 @@
 
 ExampleGen (stamped with the DVC version) -> StatisticsGen -> SchemaGen -> ExampleValidator
 -> Transform -> Trainer -> Evaluator (absolute thresholds; no regression against the current
-champion when there is one) -> Pusher -> FeastPusher and MlflowLogger.
+champion when there is one; metrics and calibration per slice) -> SliceGate (AUC bar on every
+slice big enough to measure it) -> Pusher -> FeastPusher and MlflowLogger.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import json
 from typing import List, Optional
 
 import tensorflow_model_analysis as tfma
@@ -17,8 +19,13 @@ from tfx.dsl.components.common import importer
 from taxi_mlops.features import schema
 from taxi_mlops.pipeline.components.dvc_example_gen.component import DvcCsvExampleGen
 from taxi_mlops.pipeline.components.feast_pusher.component import FeastPusher
+from taxi_mlops.pipeline import slicing
 from taxi_mlops.pipeline.components.mlflow_logger.component import MlflowLogger
+from taxi_mlops.pipeline.components.slice_gate.component import SliceGate
 from taxi_mlops.pipeline.quality import MAX_REGRESSION, MIN_ACCURACY, MIN_AUC
+
+# TFMA's calibration plot buckets per slice; ECE regroups them into slicing.ECE_BINS bins.
+CALIBRATION_BUCKETS = 100
 
 PIPELINE_NAME = "chicago_taxi_tips"
 
@@ -45,7 +52,7 @@ class PipelineConfig:
 
 def eval_config(with_baseline: bool) -> tfma.EvalConfig:
     def threshold(lower: float) -> list:
-        """Gate on the overall slice only; per payment-type slices are reported, not gated."""
+        """Gate on the overall slice only; the SliceGate applies the per-slice bar."""
         kwargs = {"value_threshold": tfma.GenericValueThreshold(lower_bound={"value": lower})}
         if with_baseline:
             kwargs["change_threshold"] = tfma.GenericChangeThreshold(
@@ -58,7 +65,8 @@ def eval_config(with_baseline: bool) -> tfma.EvalConfig:
     return tfma.EvalConfig(
         model_specs=[tfma.ModelSpec(signature_name="serving_tf_example", label_key=schema.LABEL,
                                     preprocessing_function_names=[])],
-        slicing_specs=[tfma.SlicingSpec(), tfma.SlicingSpec(feature_keys=["payment_type"])],
+        slicing_specs=[tfma.SlicingSpec()] + [tfma.SlicingSpec(feature_keys=[feature])
+                                              for feature in slicing.SLICE_FEATURES],
         metrics_specs=[tfma.MetricsSpec(metrics=[
             tfma.MetricConfig(class_name="ExampleCount"),
             tfma.MetricConfig(class_name="BinaryAccuracy",
@@ -66,6 +74,12 @@ def eval_config(with_baseline: bool) -> tfma.EvalConfig:
             tfma.MetricConfig(class_name="AUC", per_slice_thresholds=threshold(MIN_AUC)),
             tfma.MetricConfig(class_name="Precision"),
             tfma.MetricConfig(class_name="Recall"),
+            # Class counts (example_count * mean_label) and calibration.
+            tfma.MetricConfig(class_name="MeanLabel"),
+            tfma.MetricConfig(class_name="MeanPrediction"),
+            tfma.MetricConfig(class_name="MeanSquaredError"),  # Brier score: 0/1 label, probability
+            tfma.MetricConfig(class_name="CalibrationPlot",
+                              config=json.dumps({"num_buckets": CALIBRATION_BUCKETS})),
         ])],
     )
 
@@ -101,8 +115,10 @@ def create_pipeline(cfg: PipelineConfig) -> tfx.dsl.Pipeline:
     evaluator = tfx.components.Evaluator(
         examples=example_gen.outputs["examples"], model=trainer.outputs["model"],
         eval_config=eval_config(with_baseline=bool(cfg.baseline_model_uri)), **evaluator_kwargs)
+    slice_gate = SliceGate(evaluation=evaluator.outputs["evaluation"],
+                           evaluator_blessing=evaluator.outputs["blessing"])
     pusher = tfx.components.Pusher(
-        model=trainer.outputs["model"], model_blessing=evaluator.outputs["blessing"],
+        model=trainer.outputs["model"], model_blessing=slice_gate.outputs["blessing"],
         push_destination=tfx.proto.PushDestination(
             filesystem=tfx.proto.PushDestination.Filesystem(base_directory=cfg.serving_model_dir)),
     )
@@ -112,10 +128,11 @@ def create_pipeline(cfg: PipelineConfig) -> tfx.dsl.Pipeline:
     mlflow_logger = MlflowLogger(
         examples=example_gen.outputs["examples"], model=trainer.outputs["model"],
         model_run=trainer.outputs["model_run"], evaluation=evaluator.outputs["evaluation"],
-        blessing=evaluator.outputs["blessing"], pushed_model=pusher.outputs["pushed_model"],
+        blessing=slice_gate.outputs["blessing"], pushed_model=pusher.outputs["pushed_model"],
         tracking_uri=cfg.tracking_uri, experiment_name=cfg.experiment_name,
-        model_name=cfg.model_name, baseline_version=cfg.baseline_version)
-    components += [evaluator, pusher, feast_pusher, mlflow_logger]
+        model_name=cfg.model_name, baseline_version=cfg.baseline_version,
+        platform_python=cfg.platform_python)
+    components += [evaluator, slice_gate, pusher, feast_pusher, mlflow_logger]
     return tfx.dsl.Pipeline(
         pipeline_name=PIPELINE_NAME,
         pipeline_root=cfg.pipeline_root,

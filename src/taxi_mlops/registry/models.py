@@ -63,3 +63,13 @@ def download(tracking_uri: str, ref: ModelRef, dst: Path) -> Path:
     client(tracking_uri)
     dst.mkdir(parents=True, exist_ok=True)
     return Path(mlflow.artifacts.download_artifacts(artifact_uri=ref.source, dst_path=str(dst)))
+
+
+def load_pyfunc(tracking_uri: str, ref: ModelRef, dst: Path):
+    """The version's MLflow Model, loaded as ``mlflow.pyfunc.load_model`` does (the one loading
+    path: the model server, batch scoring and ``mlflow models serve`` all go through it);
+    returns our ``TaxiTipPyfunc``, whose ``predict_columns`` skips the DataFrame for speed."""
+    client(tracking_uri)
+    dst.mkdir(parents=True, exist_ok=True)
+    model = mlflow.pyfunc.load_model(f"models:/{ref.name}/{ref.version}", dst_path=str(dst))
+    return model.unwrap_python_model()

@@ -2,6 +2,8 @@
 
 Knows nothing about HTTP: the KServe data plane hands it decoded v2 requests (or v1
 ``instances``) and turns what it returns or raises (``InvalidInput`` -> 400) into responses.
+Each request is timed and counted by model version (``serving/metrics.py``) and logged as one
+JSON line carrying the caller's ``X-Request-ID`` and the version that answered.
 """
 
 from __future__ import annotations
@@ -9,6 +11,7 @@ from __future__ import annotations
 import logging
 import os
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -18,9 +21,12 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from kserve import InferOutput, InferRequest, InferResponse, Model  # noqa: E402
 from kserve.errors import InvalidInput  # noqa: E402
+from kserve.model import InferenceVerb  # noqa: E402
 
 from taxi_mlops.features import schema  # noqa: E402
+from taxi_mlops.observability import logs  # noqa: E402
 from taxi_mlops.registry import models  # noqa: E402
+from taxi_mlops.serving.metrics import ModelServerMetrics, NoRecorder  # noqa: E402
 
 log = logging.getLogger(__name__)
 
@@ -36,30 +42,31 @@ class TaxiTipModel(Model):
     """One registry alias of ``chicago-taxi-tips`` served under one name."""
 
     def __init__(self, name: str, tracking_uri: str, registered_name: str, alias: str,
-                 cache_dir: Path | None = None):
+                 cache_dir: Path | None = None, metrics: ModelServerMetrics | None = None):
         super().__init__(name)
         self.tracking_uri = tracking_uri
         self.registered_name = registered_name
         self.alias = alias
         self.cache_dir = cache_dir or Path(tempfile.mkdtemp(prefix="taxi-model-"))
         self.version: str | None = None
-        self._predict_fn = None
+        self.metrics = metrics  # None: record nothing (settings.metrics_enabled off)
+        self._recorder = NoRecorder()
+        self._model = None
 
     # ---- load ------------------------------------------------------------------------------
     def load(self) -> bool:
-        import tensorflow as tf
-
         ref = models.by_alias(self.tracking_uri, self.registered_name, self.alias)
         if ref is None:
             raise ModelNotRegistered(
                 f"no version of {self.registered_name!r} has alias {self.alias!r} in MLflow at "
                 f"{self.tracking_uri}: run `taxi-mlops train` first"
             )
-        path = models.download(self.tracking_uri, ref, self.cache_dir / f"v{ref.version}")
-        self._predict_fn = tf.saved_model.load(str(path)).signatures["serving_default"]
+        self._model = models.load_pyfunc(self.tracking_uri, ref, self.cache_dir / f"v{ref.version}")
         self.version = ref.version
+        if self.metrics is not None:
+            self._recorder = self.metrics.loaded(self.name, ref.version, self.alias, ref.tags)
         self.ready = True
-        log.info("loaded %s version %s (%s) from %s", self.registered_name, ref.version, self.alias, path)
+        log.info("loaded %s version %s (%s) as an MLflow pyfunc", self.registered_name, ref.version, self.alias)
         return self.ready
 
     # ---- protocol metadata ------------------------------------------------------------------
@@ -68,6 +75,26 @@ class TaxiTipModel(Model):
 
     def get_output_types(self) -> list[dict]:
         return [{"name": OUTPUT, "datatype": "FP32", "shape": [-1]}]
+
+    # ---- one request ------------------------------------------------------------------------
+    async def __call__(self, body, headers: dict | None = None, verb: InferenceVerb = InferenceVerb.PREDICT):
+        """KServe's preprocess -> predict -> postprocess (and its own request_*_seconds
+        histograms), timed, counted and logged with the caller's request id bound."""
+        request_id = headers.get("x-request-id") if headers else None
+        token = logs.bind(request_id=request_id, model_version=self.version)
+        started, ok = time.perf_counter(), False
+        try:
+            result = await super().__call__(body, headers=headers, verb=verb)
+            ok = True
+            return result
+        finally:
+            seconds = time.perf_counter() - started
+            self._recorder.record(seconds, ok)
+            if log.isEnabledFor(logging.INFO):
+                status = "ok" if ok else "error"
+                log.info("inference %s", status,
+                         extra={"status": status, "duration_ms": round(seconds * 1000, 3)})
+            logs.reset(token)
 
     # ---- preprocess / predict ---------------------------------------------------------------
     async def preprocess(self, payload: InferRequest | dict, headers: dict | None = None) -> dict:
@@ -91,10 +118,7 @@ class TaxiTipModel(Model):
 
     async def predict(self, payload: dict, headers: dict | None = None,
                       response_headers: dict | None = None) -> InferResponse | dict:
-        import tensorflow as tf
-
-        tensors = {n: tf.constant(v) for n, v in payload["columns"].items()}
-        probabilities = self._predict_fn(**tensors)[OUTPUT].numpy().astype(np.float32)
+        probabilities = self._model.predict_columns(payload["columns"])
         if payload["protocol"] == "v1":
             return {"predictions": probabilities.tolist(), "model_version": self.version}
         return InferResponse(

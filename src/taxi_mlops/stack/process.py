@@ -16,12 +16,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
+from taxi_mlops.observability import logs
+from taxi_mlops.pids import pid_alive  # noqa: F401 (part of this module's API)
 from taxi_mlops.settings import Settings
 
 
 # Importing feast points prometheus_client at a temporary folder it deletes on exit; a child
 # inheriting these would crash on its first metric.
 PROCESS_LOCAL_VARS = ("PROMETHEUS_MULTIPROC_DIR", "PROMETHEUS_MULTIPROCESS_DIR")
+PROBE_TIMEOUT_S = 2.0
 
 
 def child_env(extra: dict[str, str] | None = None) -> dict[str, str]:
@@ -53,18 +56,14 @@ class Service:
     details: Callable[[], dict] | None = None  # extra fields for `status`
 
 
-def pid_alive(pid: int) -> bool:
+def http_ok(url: str, timeout_s: float = PROBE_TIMEOUT_S) -> bool:
+    """A health probe: 200 within ``timeout_s``."""
+    import httpx
+
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
+        return httpx.get(url, timeout=timeout_s).status_code == 200
+    except httpx.HTTPError:
         return False
-    except PermissionError:
-        return True
-    try:  # a zombie child counts as dead
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().split(") ", 1)[1][0] != "Z"
-    except OSError:
-        return True
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -116,7 +115,7 @@ class Supervisor:
         if service.prepare:
             service.prepare()
         log = self.log_path(service.name).open("ab")
-        log.write(f"\n--- start {time.strftime('%Y-%m-%d %H:%M:%S')}: {' '.join(service.command)}\n".encode())
+        log.write((logs.event(service.name, "starting", command=" ".join(service.command)) + "\n").encode())
         log.flush()
         try:
             proc = subprocess.Popen(

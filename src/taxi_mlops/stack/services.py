@@ -13,16 +13,8 @@ import httpx
 
 from taxi_mlops.registry import models
 from taxi_mlops.settings import Settings
-from taxi_mlops.stack.process import Service
+from taxi_mlops.stack.process import PROBE_TIMEOUT_S, Service, http_ok
 
-PROBE_TIMEOUT_S = 2.0
-
-
-def _http_ok(url: str) -> bool:
-    try:
-        return httpx.get(url, timeout=PROBE_TIMEOUT_S).status_code == 200
-    except httpx.HTTPError:
-        return False
 
 
 def _redis_ok(settings: Settings) -> bool:
@@ -50,15 +42,24 @@ def mlflow_service(settings: Settings) -> Service | None:
     if settings.mlflow_external_uri:
         return None  # an external tracking server: nothing to start
     settings.mlflow_artifacts_dir.mkdir(parents=True, exist_ok=True)
+    metrics_dir = settings.metrics_dir / "mlflow"
+
+    def prepare() -> None:  # stale files of a dead server would be summed into the new one's
+        import shutil
+
+        shutil.rmtree(metrics_dir, ignore_errors=True)
+        metrics_dir.mkdir(parents=True, exist_ok=True)
+
     return Service(
         name="mlflow",
         command=[sys.executable, "-m", "mlflow", "server", "--host", settings.host,
                  "--port", str(settings.mlflow_port),
                  "--backend-store-uri", settings.mlflow_backend_store_uri,
                  "--artifacts-destination", str(settings.mlflow_artifacts_dir),
-                 "--workers", "1"],
-        healthy=lambda: _http_ok(f"{settings.mlflow_tracking_uri}/health"),
+                 "--workers", "1", "--expose-prometheus", str(metrics_dir)],
+        healthy=lambda: http_ok(f"{settings.mlflow_tracking_uri}/health"),
         url=settings.mlflow_tracking_uri,
+        prepare=prepare,
         env={"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"},
     )
 
@@ -67,7 +68,7 @@ def model_server_service(settings: Settings) -> Service:
     return Service(
         name="model_server",
         command=[sys.executable, "-m", "taxi_mlops.serving.model_server"],
-        healthy=lambda: _http_ok(f"{settings.model_server_url}/v2/models/{settings.model_name}/ready"),
+        healthy=lambda: http_ok(f"{settings.model_server_url}/v2/models/{settings.model_name}/ready"),
         url=settings.model_server_url,
         env={**settings.as_env(), "TF_CPP_MIN_LOG_LEVEL": "2"},
         details=lambda: _serving_details(settings),
@@ -78,7 +79,7 @@ def gateway_service(settings: Settings) -> Service:
     return Service(
         name="gateway",
         command=[sys.executable, "-m", "taxi_mlops.gateway"],
-        healthy=lambda: _http_ok(f"{settings.gateway_url}/openapi.json"),
+        healthy=lambda: http_ok(f"{settings.gateway_url}/openapi.json"),
         url=settings.gateway_url,
         env=settings.as_env(),
         details=lambda: {"docs": f"{settings.gateway_url}/docs"},
@@ -102,14 +103,16 @@ def champion_exists(settings: Settings) -> bool:
 def all_services(settings: Settings) -> list[Service]:
     """Every service the local stack runs, in start order (stop in reverse).
 
-    Kafka (unless ``KAFKA_BOOTSTRAP_SERVERS`` names an external cluster) comes before the
-    stream processor and the label join; the gateway last, once what it calls is up.
+    Monitoring first (alert receiver, Alertmanager, Pushgateway, Prometheus: a training run
+    pushes its metrics, and every later start is watched); Kafka (unless
+    ``KAFKA_BOOTSTRAP_SERVERS`` names an external cluster) before the stream processor and
+    the label join; the gateway last, once what it calls is up.
     """
-    from taxi_mlops.streaming.broker import kafka_service
-    from taxi_mlops.streaming.label_join import label_join_service
-    from taxi_mlops.streaming.processor import processor_service
+    from taxi_mlops.stack.monitoring import monitoring_services
+    from taxi_mlops.stack.streaming import kafka_service, label_join_service, processor_service
 
-    services = [redis_service(settings), kafka_service(settings), mlflow_service(settings),
+    services = [redis_service(settings), *monitoring_services(settings), kafka_service(settings),
+                mlflow_service(settings),
                 processor_service(settings, instance=0), label_join_service(settings),
                 model_server_service(settings), gateway_service(settings)]
     return [s for s in services if s is not None]

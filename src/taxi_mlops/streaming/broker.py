@@ -8,13 +8,21 @@ verifies every jar. The jars land once in ``~/.cache/taxi-mlops/kafka-<version>/
 The broker's data (``settings.kafka_data_dir``) is formatted once with a cluster id kept
 beside it, so a restart keeps every topic and offset.
 
-With ``TAXI_KAFKA_BOOTSTRAP_SERVERS``/``KAFKA_BOOTSTRAP_SERVERS`` set nothing is started:
-``kafka_service`` returns ``None`` and every client uses that bootstrap string.
+Observability: the broker runs with the Prometheus JMX exporter as a Java agent
+(``-javaagent``, HTTP on ``settings.kafka_metrics_port``) whose rules (``JMX_EXPORTER_CONFIG``,
+written into the data dir) turn the few MBeans the dashboards use into the ``kafka_*`` names
+of the observability spec; and it logs JSON lines through log4j2's JsonTemplateLayout (the
+pattern layout when that jar is missing from an older cache).
+
+The supervised service is defined in ``taxi_mlops.stack.streaming.kafka_service``; this module
+only knows how to install, configure and command a broker. With
+``TAXI_KAFKA_BOOTSTRAP_SERVERS``/``KAFKA_BOOTSTRAP_SERVERS`` set nothing is started.
 """
 
 from __future__ import annotations
 
 import base64
+import hashlib
 import os
 import re
 import shutil
@@ -27,8 +35,6 @@ from typing import Callable
 
 from taxi_mlops import paths
 from taxi_mlops.settings import Settings
-from taxi_mlops.stack.process import Service
-from taxi_mlops.streaming import clients
 
 POM = paths.PACKAGE_DIR / "streaming" / "kafka" / "pom.xml"
 DOWNLOAD_TIMEOUT_S = 900
@@ -49,6 +55,7 @@ def kafka_version() -> str:
 
 
 KAFKA_VERSION = kafka_version()
+AGENT_ARTIFACT = "jmx_prometheus_javaagent"
 
 
 def cache_root() -> Path:
@@ -57,6 +64,21 @@ def cache_root() -> Path:
 
 def libs_dir() -> Path:
     return cache_root() / f"kafka-{KAFKA_VERSION}" / "libs"
+
+
+def agent_dir() -> Path:
+    """The JMX exporter agent, beside (not in) the classpath folder."""
+    return cache_root() / f"kafka-{KAFKA_VERSION}" / "agent"
+
+
+def agent_jar() -> Path | None:
+    jars = sorted(agent_dir().glob(f"{AGENT_ARTIFACT}-*.jar"))
+    return jars[-1] if jars else None
+
+
+def _pom_stamp() -> str:
+    """Which pom the cached jars were fetched for: a changed pom re-checks the cache."""
+    return f"{KAFKA_VERSION} {hashlib.sha256(POM.read_bytes()).hexdigest()[:16]}"
 
 
 def _java() -> str:
@@ -68,9 +90,14 @@ def _java() -> str:
 
 
 def ensure_jars(progress: Callable[[str], None] = print) -> Path:
-    """Download Kafka and its logging binding once; returns the folder of jars."""
+    """Download Kafka, its logging jars and the JMX agent once; returns the folder of jars.
+
+    A cache made from an older pom gets only what it lacks added: jars are never replaced
+    or removed in place, because a running broker (another clone's) may be reading them.
+    """
     libs = libs_dir()
-    if (libs / ".complete").exists():
+    stamp = libs / ".complete"
+    if stamp.exists() and stamp.read_text().strip() == _pom_stamp() and agent_jar() is not None:
         return libs
     mvn = shutil.which("mvn")
     if not mvn:
@@ -101,19 +128,26 @@ def ensure_jars(progress: Callable[[str], None] = print) -> Path:
         raise BrokerSetupError(f"Maven did not finish within {DOWNLOAD_TIMEOUT_S}s: check that "
                                "Maven Central is reachable (proxy settings in ~/.m2/settings.xml) "
                                "and retry") from None
-    if proc.returncode != 0 or not list(staging.glob("kafka_2.13-*.jar")):
+    agents = list(staging.glob(f"{AGENT_ARTIFACT}-*.jar"))
+    if proc.returncode != 0 or not list(staging.glob("kafka_2.13-*.jar")) or not agents:
         shutil.rmtree(staging, ignore_errors=True)
         raise BrokerSetupError(
             "Maven could not fetch Kafka (exit code {}); check network access to Maven Central, "
             "then retry. Last output:\n{}".format(proc.returncode, "\n".join(tail)))
-    (staging / ".complete").write_text(KAFKA_VERSION)
-    if libs.exists():  # a half-finished earlier attempt, or a concurrent clone won the race
-        if (libs / ".complete").exists():
-            shutil.rmtree(staging, ignore_errors=True)
-            return libs
-        shutil.rmtree(libs)
-    staging.rename(libs)
-    progress(f"Kafka {KAFKA_VERSION} ready ({len(list(libs.glob('*.jar')))} jars)")
+    # The agent is a shaded jar loaded by -javaagent; on the classpath it would only duplicate.
+    agent_dir().mkdir(parents=True, exist_ok=True)
+    for jar in agents:
+        os.replace(jar, agent_dir() / jar.name)
+    if not libs.exists():
+        staging.rename(libs)
+    else:  # add what an older cache lacks, one atomic rename per jar
+        for jar in staging.glob("*.jar"):
+            if not (libs / jar.name).exists():
+                os.replace(jar, libs / jar.name)
+        shutil.rmtree(staging, ignore_errors=True)
+    stamp.write_text(_pom_stamp() + "\n")
+    progress(f"Kafka {KAFKA_VERSION} ready ({len(list(libs.glob('*.jar')))} jars, "
+             f"JMX agent {agent_jar().name})")
     return libs
 
 
@@ -129,14 +163,61 @@ def _log_dir(settings: Settings) -> Path:
     return settings.kafka_data_dir / "data"
 
 
+def _jmx_config_path(settings: Settings) -> Path:
+    return settings.kafka_data_dir / "jmx-exporter.yaml"
+
+
+def _log_template_path(settings: Settings) -> Path:
+    return settings.kafka_data_dir / "log-template.json"
+
+
+# The MBeans the dashboards and alerts read, named as the observability spec says. Only these
+# are queried (includeObjectNames): a scrape stays cheap however many topics there are.
+JMX_EXPORTER_CONFIG = """\
+# Written by taxi_mlops.streaming.broker; edits are overwritten on start.
+lowercaseOutputName: true
+lowercaseOutputLabelNames: true
+includeObjectNames:
+  - "kafka.server:type=BrokerTopicMetrics,name=MessagesInPerSec,*"
+  - "kafka.server:type=BrokerTopicMetrics,name=BytesInPerSec,*"
+  - "kafka.server:type=BrokerTopicMetrics,name=BytesOutPerSec,*"
+  - "kafka.server:type=ReplicaManager,name=UnderReplicatedPartitions"
+  - "kafka.network:type=RequestMetrics,name=TotalTimeMs,*"
+rules:
+  - pattern: 'kafka.server<type=BrokerTopicMetrics, name=(MessagesIn|BytesIn|BytesOut)PerSec, topic=(.+)><>Count'
+    name: kafka_server_brokertopicmetrics_$1_total
+    type: COUNTER
+    labels:
+      topic: "$2"
+  - pattern: 'kafka.server<type=ReplicaManager, name=UnderReplicatedPartitions><>Value'
+    name: kafka_server_replicamanager_underreplicatedpartitions
+    type: GAUGE
+  - pattern: 'kafka.network<type=RequestMetrics, name=TotalTimeMs, request=(.+)><>(50|99)thPercentile'
+    name: kafka_network_requestmetrics_totaltimems
+    type: GAUGE
+    labels:
+      request: "$1"
+      quantile: "0.$2"
+"""
+
+# The platform's log line (observability.logs): ts, level, component, logger, message.
+LOG_TEMPLATE = """\
+{"ts": {"$resolver": "timestamp", "pattern": {"format": "yyyy-MM-dd'T'HH:mm:ss.SSS'Z'", "timeZone": "UTC"}},
+ "level": {"$resolver": "level", "field": "name"},
+ "component": "kafka",
+ "logger": {"$resolver": "logger", "field": "name"},
+ "message": {"$resolver": "message", "stringified": true},
+ "thread": {"$resolver": "thread", "field": "name"},
+ "exception": {"$resolver": "exception", "field": "stackTrace", "stackTrace": {"stringified": true}}}
+"""
+
 LOG4J2 = """\
 # Kafka's own logs go to stdout, which the supervisor writes to the service's log file.
 status = warn
 appender.out.type = Console
 appender.out.name = STDOUT
 appender.out.target = SYSTEM_OUT
-appender.out.layout.type = PatternLayout
-appender.out.layout.pattern = [%d] %p %m (%c)%n
+{layout}
 rootLogger.level = INFO
 rootLogger.appenderRef.out.ref = STDOUT
 # Every config dump and request log at INFO drowns the lines that matter.
@@ -183,8 +264,19 @@ def write_config(settings: Settings) -> Path:
     path = _config_path(settings)
     path.write_text("# Written by taxi_mlops.streaming.broker; edits are overwritten on start.\n"
                     + "".join(f"{k}={v}\n" for k, v in properties.items()))
-    _log4j_path(settings).write_text(LOG4J2)
+    _log4j_path(settings).write_text(LOG4J2.format(layout=_log_layout(settings)))
+    _jmx_config_path(settings).write_text(JMX_EXPORTER_CONFIG)
     return path
+
+
+def _log_layout(settings: Settings) -> str:
+    """JSON lines when log4j-layout-template-json is among the jars, else the pattern layout."""
+    if list(libs_dir().glob("log4j-layout-template-json-*.jar")):
+        _log_template_path(settings).write_text(LOG_TEMPLATE)
+        return ("appender.out.layout.type = JsonTemplateLayout\n"
+                f"appender.out.layout.eventTemplateUri = {_log_template_path(settings).as_uri()}")
+    return ("appender.out.layout.type = PatternLayout\n"
+            "appender.out.layout.pattern = [%d] %p %m (%c)%n")
 
 
 def cluster_id(settings: Settings) -> str:
@@ -218,9 +310,14 @@ def broker_main_class(libs: Path) -> str:
     return _main_class(libs, ("kafka.Kafka", "org.apache.kafka.server.Kafka"))
 
 
-def _java_command(settings: Settings, libs: Path, main: str) -> list[str]:
+def _java_command(settings: Settings, libs: Path, main: str, agent: bool = False) -> list[str]:
+    javaagent = []
+    if agent:
+        jar = agent_jar() or agent_dir() / f"{AGENT_ARTIFACT}.jar"  # resolved again by prepare
+        javaagent = [f"-javaagent:{jar}={settings.host}:{settings.kafka_metrics_port}:"
+                     f"{_jmx_config_path(settings)}"]
     return [
-        _java(), *HEAP, "-XX:+UseG1GC", "-Djava.awt.headless=true",
+        _java(), *HEAP, "-XX:+UseG1GC", "-Djava.awt.headless=true", *javaagent,
         f"-Dlog4j2.configurationFile={_log4j_path(settings)}",
         f"-Dkafka.logs.dir={settings.logs_dir}",
         "-cp", f"{libs}/*", main,
@@ -261,27 +358,20 @@ def broker_version(settings: Settings) -> str:
     return KAFKA_VERSION
 
 
-def kafka_service(settings: Settings) -> Service | None:
-    """The broker as a supervised service, or ``None`` when an external cluster is configured."""
-    if settings.kafka_bootstrap_override:
-        return None
-    libs = libs_dir()
-    # The main class is only checked once the jars exist (prepare downloads them).
-    command = _java_command(settings, libs, "kafka.Kafka") + [str(_config_path(settings))]
-    main_at = len(command) - 2
+def broker_command(settings: Settings) -> list[str]:
+    """``java -javaagent:... -cp libs/* <main> server.properties``; the main class and agent
+    path are placeholders until ``prepare_broker`` fills them in (the jars may not exist yet)."""
+    return _java_command(settings, libs_dir(), "kafka.Kafka", agent=True) + [str(_config_path(settings))]
 
-    def _prepare() -> None:
-        prepare(settings)
-        command[main_at] = broker_main_class(libs)
 
-    return Service(
-        name="kafka",
-        command=command,
-        healthy=lambda: clients.broker_reachable(settings.kafka_bootstrap_servers),
-        url=f"PLAINTEXT://{settings.kafka_bootstrap_servers}",
-        cwd=settings.kafka_data_dir,
-        prepare=_prepare,
-        stop_timeout_s=30.0,
-        details=lambda: {"version": KAFKA_VERSION, "mode": "KRaft (broker+controller)",
-                         "data": str(settings.kafka_data_dir), "jars": str(libs)},
-    )
+def prepare_broker(settings: Settings, command: list[str],
+                   progress: Callable[[str], None] = print) -> None:
+    """Install, configure and format, then fix up ``command`` (from ``broker_command``) in place."""
+    prepare(settings, progress)
+    fresh = _java_command(settings, libs_dir(), broker_main_class(libs_dir()), agent=True) \
+        + [str(_config_path(settings))]
+    command[:] = fresh
+
+
+def metrics_url(settings: Settings) -> str:
+    return f"http://{settings.host}:{settings.kafka_metrics_port}/metrics"

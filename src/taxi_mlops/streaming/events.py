@@ -114,6 +114,8 @@ class PredictionLogV1(Event):
     tip_probability: float = Field(ge=0, le=1)
     latency_ms: float = Field(ge=0)
     timestamp: AwareDatetime
+    event_time: AwareDatetime | None = Field(
+        None, description="The trip's start (trip_start_timestamp) when the request carried it.")
 
 
 class ModelMetricsV1(Event):

@@ -12,6 +12,11 @@ Stateless across restarts by design: the worker reads both topics from ``window_
 neither loses nor double-counts a pair. One instance reads every partition (labels are keyed
 by area, predictions by trip id, so they cannot be co-partitioned); the load is one small
 message per prediction.
+
+Metrics ([label_join] in the observability spec: counts consumed and joined, unmatched by
+kind, live accuracy/Brier/positive rate/joined per model name, version and alias) are served
+on ``settings.label_join_metrics_port``. A label or prediction that leaves the window without
+a partner counts as unmatched; so does a prediction without a trip id, which can never join.
 """
 
 from __future__ import annotations
@@ -26,8 +31,9 @@ from collections import deque
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 
+from taxi_mlops.streaming import metrics  # noqa: I001  (before anything imports Feast)
+from taxi_mlops.observability import logs
 from taxi_mlops.settings import Settings, get_settings
-from taxi_mlops.stack.process import Service
 from taxi_mlops.streaming import clients, events, status, topics
 
 NAME = "label-join"
@@ -78,10 +84,15 @@ class JoinState:
     joined_keys: set = field(default_factory=set)  # (trip_id, model_key)
     models: dict[tuple[str, str], ModelWindow] = field(default_factory=dict)
     unjoinable: int = 0
+    # Pending entries that found a partner; whatever expires outside these is unmatched.
+    matched_labels: set = field(default_factory=set)  # trip_id
+    matched_predictions: set = field(default_factory=set)  # (trip_id, model_key)
+    unmatched: dict[str, int] = field(default_factory=lambda: {"label": 0, "prediction": 0})
 
     def add_prediction(self, p: events.PredictionLog, ts: float) -> int:
         if not p.trip_id:
             self.unjoinable += 1
+            self.unmatched["prediction"] += 1  # it can never meet its label
             return 0
         key = (p.model_name, p.model_version)
         self.predictions.setdefault(p.trip_id, {})[key] = (p.tip_probability, p.model_alias, ts)
@@ -103,6 +114,8 @@ class JoinState:
             window.total += 1
             self.joined.append((ts, key, prob, label, trip_id))
             self.joined_keys.add((trip_id, key))
+            self.matched_labels.add(trip_id)
+            self.matched_predictions.add((trip_id, key))
             joined += 1
         return joined
 
@@ -122,7 +135,18 @@ class JoinState:
                     break
                 old.append(trip_id)
             for trip_id in old:
-                del pending[trip_id]
+                value = pending.pop(trip_id)
+                if pending is self.labels:
+                    if trip_id in self.matched_labels:
+                        self.matched_labels.discard(trip_id)
+                    else:
+                        self.unmatched["label"] += 1
+                else:
+                    for key in value:
+                        if (trip_id, key) in self.matched_predictions:
+                            self.matched_predictions.discard((trip_id, key))
+                        else:
+                            self.unmatched["prediction"] += 1
 
 
 class LabelJoin:
@@ -138,6 +162,7 @@ class LabelJoin:
         self.stop_event = threading.Event()
         self.phase = "starting"
         self.stats = {"predictions": 0, "labels": 0, "joined": 0, "dead_lettered": 0, "published": 0}
+        self.metrics_url: str | None = None
 
     def _assign_from_window(self) -> None:
         from confluent_kafka import TopicPartition
@@ -153,6 +178,8 @@ class LabelJoin:
                               for tp in offsets])
 
     def run(self) -> None:
+        self.metrics_url = metrics.serve(metrics.registry_with(metrics.LabelJoinMetrics(self)),
+                                         self.settings.host, self.settings.label_join_metrics_port, NAME)
         topics.ensure_topics(self.bootstrap)
         self._assign_from_window()
         self.phase = "running"
@@ -205,34 +232,20 @@ class LabelJoin:
 
     def snapshot(self) -> dict:
         return {"name": NAME, "phase": self.phase, **self.stats, "unjoinable": self.state.unjoinable,
+                "unmatched": dict(self.state.unmatched), "metrics": self.metrics_url,
                 "pending_predictions": len(self.state.predictions), "pending_labels": len(self.state.labels),
                 "models": {f"{n}:{v}": {"n": w.n, "accuracy": (w.correct / w.n) if w.n else None}
                            for (n, v), w in list(self.state.models.items())}}
 
     def stop(self, *_args) -> None:
         self.stop_event.set()
-
-
-def label_join_service(settings: Settings, window_s: float = 3600.0) -> Service:
-    return Service(
-        name=NAME,
-        command=[sys.executable, "-m", "taxi_mlops.streaming.label_join", "--window", str(window_s)],
-        healthy=lambda: status.healthy(settings, NAME),
-        url=f"kafka {topics.LABELS} x {topics.PREDICTIONS} -> {topics.MODEL_METRICS}",
-        env=settings.as_env(),
-        details=lambda: {k: v for k, v in (status.read(settings, NAME) or {}).items()
-                         if k in ("phase", "joined", "models")},
-    )
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m taxi_mlops.streaming.label_join",
                                      description=__doc__.split("\n\n")[0])
     parser.add_argument("--window", type=float, default=3600.0, help="seconds of joined pairs per figure")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, stream=sys.stdout,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     settings = get_settings()
+    logs.setup(NAME, settings.log_level)
     worker = LabelJoin(settings, window_s=args.window)
     signal.signal(signal.SIGTERM, worker.stop)
     signal.signal(signal.SIGINT, worker.stop)

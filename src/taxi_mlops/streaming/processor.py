@@ -27,26 +27,32 @@ Guarantees
 * Scales out: instances in one consumer group share the partitions (range assignment keeps
   partition N of both topics on one instance); state lives per partition.
 
+The commit protocol is ``checkpoint.Checkpoint`` (sinks, producer, offsets: in that order).
+Metrics ([stream_processor] in the observability spec) are served on
+``settings.processor_metrics_port + instance``; see ``streaming/metrics.py``.
+
 Run ``python -m taxi_mlops.streaming.processor --instance N`` (settings from ``TAXI_*``), or
-start ``processor_service(settings, N)`` with the supervisor.
+start ``taxi_mlops.stack.streaming.processor_service(settings, N)`` with the supervisor.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import signal
 import sys
 import threading
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 
+from taxi_mlops.streaming import metrics  # noqa: I001  (before anything imports Feast)
+from taxi_mlops.observability import logs
 from taxi_mlops.settings import Settings, get_settings
-from taxi_mlops.stack.process import Service
 from taxi_mlops.streaming import clients, events, status, topics
 from taxi_mlops.streaming import features as rt
+from taxi_mlops.streaming.checkpoint import CallbackSink, Checkpoint, Offset, OfflineSink, SinkError, low_from
 from taxi_mlops.streaming.windows import AreaWindow, from_us, to_us
 
 GROUP = "taxi-stream-processor"
@@ -64,10 +70,6 @@ class Options:
     poll_timeout_s: float = 0.05
     rebuild_timeout_s: float = 300.0
     flush_timeout_s: float = 30.0
-
-
-class SinkError(RuntimeError):
-    """A write the commit depends on failed; the processor pauses and retries."""
 
 
 @dataclass
@@ -148,7 +150,13 @@ class StreamProcessor:
         self.positions: dict[tuple[str, int], int] = {}
         self.committed: dict[tuple[str, int], tuple[int, str | None]] = {}  # offset, metadata
         self.dirty: set[tuple[int, int]] = set()
-        self.pending_offline: list[dict] = []
+        self.offline = OfflineSink(self._write_offline, str(settings.feast_data_dir))
+        self.checkpoint = Checkpoint([CallbackSink("online", self._push), self.offline], self.producer,
+                                     self.consumer, options.flush_timeout_s)
+        self.metrics = metrics.ProcessorMetrics(INPUTS)
+        self.freshness = metrics.FreshnessTracker()
+        self.metrics_url: str | None = None
+        self._consumed: Counter = Counter()
         self.last_commit = time.monotonic()
         self.blocked: str | None = None
         self.paused = False
@@ -168,6 +176,9 @@ class StreamProcessor:
         if len(set(counts.values())) != 1:
             raise RuntimeError(f"{counts}: trips and labels need equal partition counts (an area's "
                                "trips and labels must share a partition); fix streaming/topics.py")
+        self.metrics_url = metrics.serve(metrics.registry_with(self.metrics), self.settings.host,
+                                         self.settings.processor_metrics_port + self.options.instance,
+                                         self.name)
         self.store = _feature_store(self.settings)
         rt.ensure_offline_dir(self.settings.feast_data_dir)
         self.consumer.subscribe(list(INPUTS), on_assign=self._on_assign, on_revoke=self._on_revoke,
@@ -180,6 +191,9 @@ class StreamProcessor:
             messages = self.consumer.consume(self.options.batch_size, self.options.poll_timeout_s)
             for msg in messages:
                 self._handle(msg)
+            if self._consumed:
+                self.metrics.add_consumed(self._consumed)
+                self._consumed.clear()
             if time.monotonic() - self._lag_at > status.HEARTBEAT_S:
                 self._update_lag()
             try:
@@ -227,22 +241,27 @@ class StreamProcessor:
                 raise RuntimeError(f"fatal Kafka error: {err}")
             log.warning("consumer: %s", err)
             return
-        key = (msg.topic(), msg.partition())
+        topic = msg.topic()
+        key = (topic, msg.partition())
         state = self.partitions.get(msg.partition())
         if state is None or key not in self.assigned:
             return  # a message of a partition revoked in this very batch
         offset = msg.offset()
+        self._consumed[topic] += 1
         try:
-            event = events.decode(msg.topic(), msg.value())
+            event = events.decode(topic, msg.value())
         except events.EventDecodeError as exc:
             self.producer.send_dead_letter(events.dead_letter(
-                msg.topic(), msg.value(), exc, source=self.name, partition=msg.partition(),
+                topic, msg.value(), exc, source=self.name, partition=msg.partition(),
                 offset=offset, key=msg.key()))
             self.stats["dead_lettered"] += 1
+            self.metrics.add_dead_letter(topic, metrics.dead_letter_reason(exc))
         else:
-            area = apply_event(state, msg.topic(), event, offset)
+            area = apply_event(state, topic, event, offset)
             if area is not None:
-                self.dirty.add((msg.partition(), area))
+                dirty = (msg.partition(), area)
+                self.dirty.add(dirty)
+                self.freshness.record(dirty, metrics.message_timestamp_s(msg))
         self.positions[key] = offset + 1
         now = time.time()
         self.stats["processed"] += 1
@@ -258,8 +277,8 @@ class StreamProcessor:
         from feast.data_source import PushMode
 
         created = datetime.now(timezone.utc)
-        rows = [feature_row(area, self.partitions[p].areas[area], created)
-                for p, area in sorted(self.dirty) if p in self.partitions]
+        carried = sorted(k for k in self.dirty if k[0] in self.partitions)
+        rows = [feature_row(area, self.partitions[p].areas[area], created) for p, area in carried]
         if rows:
             frame = pd.DataFrame(rows)
             started = time.perf_counter()
@@ -273,6 +292,10 @@ class StreamProcessor:
                 raise SinkError(f"cannot write to the Feast online store (Redis {self.settings.redis_url}): "
                                 f"{type(exc).__name__}: {exc}; check `taxi-mlops status`") from exc
             took = time.perf_counter() - started
+            done = time.time()
+            self.metrics.freshness.observe_many(done - ts for ts in self.freshness.take(carried))
+            self.metrics.push_duration.observe(took)
+            self.metrics.pushed_rows += len(rows)
             self.stats["push_s"] += took
             self.stats["push_max_ms"] = max(self.stats["push_max_ms"], took * 1000)
             self.stats["pushes"] += 1
@@ -282,53 +305,40 @@ class StreamProcessor:
                     pickup_community_area=row[rt.ENTITY_KEY], event_time=row[rt.TIMESTAMP_FIELD],
                     computed_at=created, **{k: row[k] for k in (*rt.REALTIME_FEATURES, "trips_1h", "labels_1h")})
                 self.producer.produce_raw(topics.FEATURES, event.to_bytes(), str(row[rt.ENTITY_KEY]).encode())
-            self.pending_offline.extend(rows)
+            self.offline.add(rows)
         self.dirty.clear()
 
+    def _write_offline(self, rows: list[dict]) -> None:
+        import pandas as pd
+
+        rt.write_offline_part(self.settings.feast_data_dir, pd.DataFrame(rows), self.name)
+
     def _checkpoint(self, only: set[tuple[str, int]] | None = None) -> None:
-        """Make everything processed durable, then commit offsets (with rebuild points)."""
-        from confluent_kafka import KafkaException, TopicPartition
-
+        """Make everything processed durable, then commit offsets (``checkpoint.Checkpoint``)."""
         started = time.perf_counter()
-        self._push()
-        if self.pending_offline:
-            import pandas as pd
+        committed = self.checkpoint.commit(lambda: self._offsets_to_commit(only))
+        if committed:
+            for o in committed:
+                self.committed[(o.topic, o.partition)] = (o.offset, o.metadata)
+            self.stats["commits"] += 1
+            self.metrics.commits += 1
+            self.stats["last_commit_at"] = time.time()
+        self.last_commit = time.monotonic()
+        took_ms = (time.perf_counter() - started) * 1000
+        self.stats["checkpoint_max_ms"] = max(self.stats["checkpoint_max_ms"], took_ms)
 
-            try:
-                rt.write_offline_part(self.settings.feast_data_dir, pd.DataFrame(self.pending_offline),
-                                      self.name)
-            except OSError as exc:
-                raise SinkError(f"cannot append to the offline store in {self.settings.feast_data_dir}: "
-                                f"{exc}; check disk space and permissions") from exc
-            self.pending_offline = []
-        remaining = self.producer.flush(self.options.flush_timeout_s)
-        if remaining:
-            raise SinkError(f"{remaining} records to Kafka not acknowledged within "
-                            f"{self.options.flush_timeout_s:.0f}s; is the broker up? (`taxi-mlops status`)")
-        if self.producer.counts["failed"]:
-            raise RuntimeError(f"records failed delivery for good ({self.producer.errors[:3]}); "
-                               "fix the cause and restart: processing resumes from the last commit")
+    def _offsets_to_commit(self, only: set[tuple[str, int]] | None) -> list[Offset]:
+        """Positions of the assigned partitions that moved since their last commit."""
         offsets = []
         for (topic, p), position in self.positions.items():
             if (topic, p) not in self.assigned or (only is not None and (topic, p) not in only):
                 continue
             low = self.partitions[p].low_offsets()[topic]
-            metadata = json.dumps({"low": low if low is not None else position})
-            if self.committed.get((topic, p)) == (position, metadata):
+            offset = Offset(topic, p, position, low if low is not None else position)
+            if self.committed.get((topic, p)) == (position, offset.metadata):
                 continue
-            offsets.append(TopicPartition(topic, p, position, metadata=metadata))
-        if offsets:
-            try:
-                self.consumer.commit(offsets=offsets, asynchronous=False)
-            except KafkaException as exc:
-                raise SinkError(f"offset commit failed: {exc}; is the broker up?") from exc
-            for tp in offsets:
-                self.committed[(tp.topic, tp.partition)] = (tp.offset, tp.metadata)
-            self.stats["commits"] += 1
-            self.stats["last_commit_at"] = time.time()
-        self.last_commit = time.monotonic()
-        took_ms = (time.perf_counter() - started) * 1000
-        self.stats["checkpoint_max_ms"] = max(self.stats["checkpoint_max_ms"], took_ms)
+            offsets.append(offset)
+        return offsets
 
     # ---- rebalances -----------------------------------------------------------------------
     def _on_assign(self, consumer, partitions) -> None:
@@ -348,7 +358,7 @@ class StreamProcessor:
             else:
                 self.partitions[p] = PartitionState(p)
                 for tp in tps:
-                    low = _low_from(tp.metadata)
+                    low = low_from(tp.metadata)
                     if tp.offset >= 0 and low is not None and low < tp.offset:
                         rebuild.append((tp.topic, p, low, tp.offset))
             for tp in tps:
@@ -427,21 +437,24 @@ class StreamProcessor:
             self.positions.pop(key, None)
             self.committed.pop(key, None)
         self.dirty = {(p, a) for p, a in self.dirty if p in self.partitions}
+        self.freshness.keep_only(set(self.partitions))
+        self.metrics.lag = {k: v for k, v in self.metrics.lag.items() if k in self.assigned}
 
     # ---- status ---------------------------------------------------------------------------
     def _update_lag(self) -> None:
         """Consumer lag per partition, from the last fetch (main thread: the client is not shared)."""
         from confluent_kafka import TopicPartition
 
-        lag = {}
+        lag, by_partition = {}, {}
         for t, p in sorted(self.assigned):
             try:
                 _, high = self.consumer.get_watermark_offsets(TopicPartition(t, p), cached=True)
             except Exception:
                 continue
             if high is not None and high >= 0:
-                lag[f"{t}[{p}]"] = max(0, high - self.positions.get((t, p), 0))
+                lag[f"{t}[{p}]"] = by_partition[(t, p)] = max(0, high - self.positions.get((t, p), 0))
         self.lag = lag
+        self.metrics.lag = by_partition
         self._lag_at = time.monotonic()
 
     def status(self) -> dict:
@@ -450,7 +463,7 @@ class StreamProcessor:
             "name": self.name, "group": self.options.group, "phase": self.phase,
             "blocked": self.blocked, "assigned": sorted(f"{t}[{p}]" for t, p in list(self.assigned)),
             "areas": sum(len(p.areas) for p in list(self.partitions.values())), "lag": dict(self.lag),
-            **self.stats,
+            "metrics": self.metrics_url, **self.stats,
         }
 
 
@@ -460,13 +473,6 @@ def _partition_eof() -> int:
     return KafkaError._PARTITION_EOF
 
 
-def _low_from(metadata: str | None) -> int | None:
-    try:
-        return int(json.loads(metadata)["low"]) if metadata else None
-    except (ValueError, KeyError, TypeError):
-        return None
-
-
 # ---- service ---------------------------------------------------------------------------------
 def service_name(instance: int) -> str:
     return f"stream-processor-{instance}"
@@ -474,25 +480,6 @@ def service_name(instance: int) -> str:
 
 def read_status(settings: Settings, instance: int) -> dict | None:
     return status.read(settings, service_name(instance))
-
-
-def processor_service(settings: Settings, instance: int = 0, group: str = GROUP,
-                      commit_interval_s: float = 2.0) -> Service:
-    """Instance ``instance`` of the processor; start several for more throughput."""
-    name = service_name(instance)
-    return Service(
-        name=name,
-        command=[sys.executable, "-m", "taxi_mlops.streaming.processor", "--instance", str(instance),
-                 "--group", group, "--commit-interval", str(commit_interval_s)],
-        healthy=lambda: status.healthy(settings, name),
-        url=f"kafka group {group} @ {settings.kafka_bootstrap_servers}",
-        env=settings.as_env(),
-        stop_timeout_s=30.0,
-        details=lambda: {k: v for k, v in (status.read(settings, name) or {}).items()
-                         if k in ("phase", "blocked", "assigned", "processed", "lag", "dead_lettered")},
-    )
-
-
 def _summary(s: dict) -> str:
     return (f"processed={s['processed']} rebuilt={s['rebuilt']} pushed_rows={s['pushed_rows']} "
             f"dead_lettered={s['dead_lettered']} lag={sum(s['lag'].values())}")
@@ -505,10 +492,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--group", default=GROUP)
     parser.add_argument("--commit-interval", type=float, default=2.0)
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, stream=sys.stdout,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    logging.getLogger("feast").setLevel(logging.WARNING)
     settings = get_settings()
+    logs.setup(service_name(args.instance), settings.log_level)
+    logging.getLogger("feast").setLevel(logging.WARNING)
     settings.run_dir.mkdir(parents=True, exist_ok=True)
     processor = StreamProcessor(settings, Options(instance=args.instance, group=args.group,
                                                   commit_interval_s=args.commit_interval))

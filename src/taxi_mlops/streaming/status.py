@@ -14,14 +14,19 @@ import time
 from pathlib import Path
 from typing import Callable
 
+from taxi_mlops.pids import pid_alive
 from taxi_mlops.settings import Settings
-from taxi_mlops.stack.process import pid_alive
 
 HEARTBEAT_S = 1.0
 STALE_AFTER_S = 15.0
 LIVE_PHASES = ("running", "rebuilding")
 
 log = logging.getLogger("taxi_mlops.streaming.status")
+
+
+def details(settings: Settings, name: str, keys: tuple[str, ...]) -> dict:
+    """The fields ``status`` shows for a worker, from its status file."""
+    return {k: v for k, v in (read(settings, name) or {}).items() if k in keys}
 
 
 def path(settings: Settings, name: str) -> Path:

@@ -3,7 +3,9 @@
 Alone in its folder: TFX packages every file beside the module into the component's cache
 key. It runs inside the TFX environment (Python 3.10, tf_keras) and exports two signatures:
 ``serving_default`` takes the raw named inputs the model server receives over the v2
-protocol; ``serving_tf_example`` takes serialized tf.Examples for the Evaluator.
+protocol; ``serving_tf_example`` takes serialized tf.Examples for the Evaluator. The CSV's
+slice-only columns (``slicing.SLICE_COLUMNS``, for TFMA) are in the schema but read by
+neither ``preprocessing_fn`` nor a signature, so they are not model inputs.
 """
 
 import json
@@ -15,6 +17,7 @@ from tfx import v1 as tfx
 from tfx_bsl.public import tfxio
 
 from taxi_mlops.features import schema
+from taxi_mlops.pipeline import slicing
 
 VOCAB_SIZE = 1000
 OOV_BUCKETS = 1
@@ -131,7 +134,9 @@ def _tf_example_serving_fn(model, tf_transform_output):
     @tf.function(input_signature=[tf.TensorSpec(shape=[None], dtype=tf.string, name="examples")])
     def serve(serialized):
         feature_spec = tf_transform_output.raw_feature_spec()
-        feature_spec.pop(schema.LABEL, None)
+        # Neither the label nor the Evaluator's slice-only columns are inputs.
+        for name in [schema.LABEL] + slicing.SLICE_COLUMNS:
+            feature_spec.pop(name, None)
         raw = tf.io.parse_example(serialized, feature_spec)
         transformed = model.tft_layer_eval(raw)
         transformed = {k: tf.reshape(v, [-1, 1]) for k, v in transformed.items() if k != schema.LABEL}

@@ -1,11 +1,17 @@
 """MlflowLogger's work: one MLflow run per training, one registry version per blessed model.
 
 A blessed model becomes ``champion`` when the registry has none, otherwise ``challenger``;
-promotion is a separate, deliberate step. Registry stages are deprecated and not used.
+promotion is a separate, deliberate step. Every run also gets the metrics of each evaluation
+slice (``slice_<feature>_<value>_<metric>``), ``evaluation/slice_metrics.json``, the
+calibration data (``evaluation/calibration.json``) and its plot (``calibration_plot.png``,
+drawn by the platform's Python), and the slice table in the model card. Registry stages are deprecated and not used.
 """
 
 import json
+import math
 import os
+import subprocess
+import tempfile
 from typing import Any, Dict, List
 
 from absl import logging
@@ -14,27 +20,119 @@ from tfx.dsl.components.base import base_executor
 from tfx.types import artifact_utils
 from tfx.utils import path_utils
 
+from taxi_mlops import paths
+from taxi_mlops.pipeline import slicing
+from taxi_mlops.pipeline.components import eval_result
+from taxi_mlops.pipeline.components.slice_gate import executor as slice_gate_executor
+from taxi_mlops.registry import mlflow_model
+
 CHAMPION = "champion"
 CHALLENGER = "challenger"
 
 
-def _eval_metrics(evaluation_uri: str) -> Dict[str, float]:
-    """Overall-slice metrics of the candidate model, from TFMA's output."""
-    import tensorflow_model_analysis as tfma
+# Per-slice metrics logged to MLflow (all of TFMA's are in the slice_metrics.json artifact).
+SLICE_METRICS = ("example_count", "positives", "negatives", "auc", "binary_accuracy",
+                 "brier_score", "expected_calibration_error")
+# Overall-slice figures that are slice bookkeeping, not evaluation metrics.
+NOT_EVAL = ("positives", "negatives")
+PLOT_TIMEOUT_S = 120
 
-    result = tfma.load_eval_result(evaluation_uri, model_name="candidate")
-    if result is None or not result.slicing_metrics:
-        result = tfma.load_eval_result(evaluation_uri)
-    metrics = {}
-    for slice_key, by_output in result.slicing_metrics:
-        if slice_key != ():
-            continue
-        for values in by_output.values():
-            for sub in values.values():
-                for name, value in sub.items():
-                    if "doubleValue" in value:
-                        metrics[f"eval_{name}"] = float(value["doubleValue"])
-    return metrics
+
+def _finite(value) -> bool:
+    return isinstance(value, (int, float)) and math.isfinite(value)
+
+
+def _eval_metrics(table: Dict[str, Dict[str, float]]) -> Dict[str, float]:
+    """Overall-slice metrics of the candidate model (Brier score and ECE included)."""
+    return {f"eval_{name}": value for name, value in table.get(slicing.OVERALL, {}).items()
+            if name not in NOT_EVAL and _finite(value)}
+
+
+def _slice_metrics(table: Dict[str, Dict[str, float]]) -> Dict[str, float]:
+    """``slice_<feature>_<value>_<metric>`` for every slice but the overall one (NaN left out)."""
+    return {slicing.metric_key(name, metric): row[metric]
+            for name, row in table.items() if name != slicing.OVERALL
+            for metric in SLICE_METRICS if _finite(row.get(metric))}
+
+
+def _json_safe(value):
+    if isinstance(value, dict):
+        return {k: _json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_safe(v) for v in value]
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+def _calibration_doc(table, buckets) -> dict:
+    """What the calibration plot is drawn from: each slice's ECE bins and TFMA buckets."""
+    return {"ece_bins": slicing.ECE_BINS,
+            "slices": {name: {"examples": table.get(name, {}).get("example_count", 0.0),
+                              "brier_score": table.get(name, {}).get("brier_score"),
+                              "expected_calibration_error":
+                                  table.get(name, {}).get("expected_calibration_error"),
+                              "bins": slicing.calibration_bins(rows), "buckets": rows}
+                       for name, rows in buckets.items()}}
+
+
+def _draw_calibration_plot(platform_python: str, calibration_path: str, png_path: str) -> bool:
+    """matplotlib lives in the platform environment: draw there. A failed plot costs a
+    warning, never the run."""
+    if not platform_python:
+        logging.warning("MlflowLogger: no platform_python, no calibration plot")
+        return False
+    env = {**os.environ, "PYTHONPATH": str(paths.PROJECT_ROOT / "src")}
+    try:
+        proc = subprocess.run([platform_python, "-m", "taxi_mlops.pipeline.calibration_plot",
+                               calibration_path, png_path],
+                              capture_output=True, text=True, env=env, timeout=PLOT_TIMEOUT_S)
+    except (OSError, subprocess.SubprocessError) as exc:
+        logging.warning("MlflowLogger: calibration plot not drawn: %s", exc)
+        return False
+    if proc.returncode != 0 or not os.path.exists(png_path):
+        logging.warning("MlflowLogger: calibration plot failed (exit %s): %s",
+                        proc.returncode, proc.stderr[-2000:])
+        return False
+    return True
+
+
+def _log_slices(table, buckets, gate_report, platform_python: str) -> None:
+    """Slice metrics, ``evaluation/slice_metrics.json``, ``evaluation/calibration.json`` and
+    ``evaluation/calibration_plot.png`` in the active run."""
+    import mlflow
+
+    mlflow.log_metrics(_slice_metrics(table))
+    with tempfile.TemporaryDirectory() as tmp:
+        calibration_path = os.path.join(tmp, "calibration.json")
+        with open(calibration_path, "w") as f:
+            json.dump(_json_safe(_calibration_doc(table, buckets)), f)
+        with open(os.path.join(tmp, "slice_metrics.json"), "w") as f:
+            json.dump(_json_safe({"slices": table, "slice_gate": gate_report}), f, indent=1)
+        _draw_calibration_plot(platform_python, calibration_path,
+                               os.path.join(tmp, "calibration_plot.png"))
+        mlflow.log_artifacts(tmp, artifact_path="evaluation")
+
+
+def _gate_report(blessing_uri: str) -> dict:
+    path = os.path.join(blessing_uri, slice_gate_executor.REPORT)
+    if not os.path.exists(path):
+        return {}
+    with open(path) as f:
+        return json.load(f)
+
+
+def _card_slices(table, gate_report) -> Dict[str, Dict[str, float]]:
+    """The model card's slice table: one row per slice (overall first)."""
+    checked, failed = set(gate_report.get("checked", [])), set(gate_report.get("failed", []))
+    rows = {}
+    for name in sorted(table, key=lambda n: (n != slicing.OVERALL, n)):
+        row = table[name]
+        rows[name] = {"examples": row.get("example_count"), "positives": row.get("positives"),
+                      "auc": row.get("auc"), "accuracy": row.get("binary_accuracy"),
+                      "brier": row.get("brier_score"), "ece": row.get("expected_calibration_error"),
+                      "gate": ("fail" if name in failed else "pass") if name in checked else "-"}
+    return rows
 
 
 class Executor(base_executor.BaseExecutor):
@@ -73,7 +171,10 @@ class Executor(base_executor.BaseExecutor):
 
         with open(os.path.join(model_run.uri, "history.json")) as f:
             run_info = json.load(f)
-        metrics = _eval_metrics(evaluation.uri)
+        result = eval_result.load(evaluation.uri)
+        table, buckets = eval_result.slice_table(result), eval_result.calibration(result)
+        metrics = _eval_metrics(table)
+        gate_report = _gate_report(blessing.uri)
 
         with mlflow.start_run(run_name=f"tfx-{model.id}") as run:
             mlflow.log_params(run_info["params"])
@@ -87,9 +188,13 @@ class Executor(base_executor.BaseExecutor):
                 "tfx_examples_uri": examples.uri,
                 "blessed": str(blessed).lower(),
                 "baseline_version": exec_properties.get("baseline_version") or "",
+                "slice_gate_failed": ",".join(gate_report.get("failed", [])),
             })
-            mlflow.log_artifacts(serving_dir, artifact_path="model")
-            artifact_uri = f"{run.info.artifact_uri}/model"
+            logged = mlflow_model.log(serving_dir)  # a real MLflow Model (pyfunc)
+            _log_slices(table, buckets, gate_report, exec_properties.get("platform_python") or "")
+            mlflow.log_text(mlflow_model.model_card(name, data_version, metrics,
+                                                    slices=_card_slices(table, gate_report)),
+                            "model_card.md")
             run_id = run.info.run_id
         logging.info("MlflowLogger: run %s logged, metrics %s", run_id, metrics)
 
@@ -107,8 +212,8 @@ class Executor(base_executor.BaseExecutor):
             client.create_registered_model(
                 name, description="Chicago Taxi big-tipper classifier (TFX / Keras SavedModel)."
             )
-        version = client.create_model_version(
-            name, source=artifact_uri, run_id=run_id,
+        version = mlflow.register_model(
+            logged.model_uri, name,
             tags={"dvc_data_version": data_version, "tfx_model_uri": model.uri,
                   **{k: str(v) for k, v in metrics.items()}},
         )

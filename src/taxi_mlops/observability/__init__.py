@@ -1,0 +1,2 @@
+"""Observability: JSON logs, Prometheus metrics conventions, and the monitoring services
+(Prometheus, Alertmanager, Pushgateway, our alert receiver)."""

@@ -1,0 +1,254 @@
+"""Prometheus metrics of the streaming workers, served over HTTP by each worker.
+
+The names are the observability spec's ([stream_processor], [label_join]). The hot loops do
+not call prometheus_client per event: they bump plain counters (dicts and ints, written by
+the worker's main thread only) and a custom collector turns them into metric families when
+Prometheus scrapes. Histograms are kept as bucket counts here for the same reason: a push
+observes a whole batch of freshness values at once (``BucketHistogram.observe_many``).
+
+Import this module before Feast: ``feast.metrics`` points prometheus_client at a temporary
+multiprocess folder on import, which would change how every metric created afterwards stores
+its value.
+"""
+
+from __future__ import annotations
+
+import bisect
+import logging
+import math
+import threading
+from collections import defaultdict
+from typing import Iterable
+
+import prometheus_client  # noqa: F401  (before Feast, see above)
+from prometheus_client.core import CollectorRegistry, CounterMetricFamily, GaugeMetricFamily, \
+    HistogramMetricFamily
+from prometheus_client.registry import Collector
+
+from taxi_mlops.observability.metrics import FRESHNESS_BUCKETS, LATENCY_BUCKETS
+from taxi_mlops.streaming import events
+
+PUSH_BUCKETS = (*LATENCY_BUCKETS, 2.5, 5.0)
+MAX_REASON_LEN = 40
+
+log = logging.getLogger("taxi_mlops.streaming.metrics")
+
+
+# ---- pure pieces ---------------------------------------------------------------------------
+class BucketHistogram:
+    """A histogram as cumulative-ready bucket counts; ``observe_many`` takes a batch."""
+
+    def __init__(self, bounds: Iterable[float]):
+        self.bounds = tuple(sorted(bounds))
+        self.counts = [0] * (len(self.bounds) + 1)  # the last one is +Inf
+        self.sum = 0.0
+        self._lock = threading.Lock()
+
+    def observe(self, value: float) -> None:
+        self.observe_many((value,))
+
+    def observe_many(self, values: Iterable[float]) -> int:
+        bounds, n = self.bounds, 0
+        local = [0] * len(self.counts)
+        total = 0.0
+        for v in values:
+            local[bisect.bisect_left(bounds, v)] += 1  # le: a value equal to a bound counts in it
+            total += v
+            n += 1
+        if n:
+            with self._lock:
+                for i, c in enumerate(local):
+                    if c:
+                        self.counts[i] += c
+                self.sum += total
+        return n
+
+    @property
+    def count(self) -> int:
+        return sum(self.counts)
+
+    def snapshot(self) -> tuple[list[tuple[str, int]], float]:
+        with self._lock:
+            counts, total = list(self.counts), self.sum
+        buckets, running = [], 0
+        for bound, c in zip((*self.bounds, math.inf), counts):
+            running += c
+            buckets.append(("+Inf" if bound == math.inf else repr(float(bound)), running))
+        return buckets, total
+
+    def family(self, name: str, documentation: str) -> HistogramMetricFamily:
+        buckets, total = self.snapshot()
+        return HistogramMetricFamily(name, documentation, buckets=buckets, sum_value=total)
+
+
+class FreshnessTracker:
+    """Kafka timestamps of the events folded into each dirty area since its last push.
+
+    ``record`` per applied event (a list append); ``take`` the timestamps of the areas a
+    successful push carried; ``keep_only`` drops those of revoked partitions. The ages at
+    push time are the freshness of each event (message timestamp -> online push done).
+    """
+
+    def __init__(self) -> None:
+        self.pending: dict[tuple[int, int], list[float]] = {}
+
+    def record(self, key: tuple[int, int], timestamp_s: float | None) -> None:
+        if timestamp_s is not None:
+            self.pending.setdefault(key, []).append(timestamp_s)
+
+    def take(self, keys: Iterable[tuple[int, int]]) -> list[float]:
+        out: list[float] = []
+        for key in keys:
+            out.extend(self.pending.pop(key, ()))
+        return out
+
+    def keep_only(self, partitions: set[int]) -> None:
+        self.pending = {k: v for k, v in self.pending.items() if k[0] in partitions}
+
+    def __len__(self) -> int:
+        return sum(len(v) for v in self.pending.values())
+
+
+def message_timestamp_s(msg) -> float | None:
+    """The Kafka record timestamp (producer create time, or log append time) in seconds."""
+    try:
+        kind, ms = msg.timestamp()
+    except Exception:
+        return None
+    return ms / 1000.0 if kind and ms and ms > 0 else None
+
+
+def dead_letter_reason(error: BaseException | str) -> str:
+    """A short, bounded category for ``events_dead_lettered_total{reason}``.
+
+    ``json`` (not JSON), ``empty`` (no value), ``not_object``, ``schema`` (fields invalid or
+    missing), ``unknown_version``, ``unknown_topic``; any other exception by its class name.
+    """
+    if isinstance(error, events.EventDecodeError):
+        if error.kind == "malformed":
+            if error.reason.startswith("not JSON"):
+                return "json"
+            if error.reason.startswith("empty"):
+                return "empty"
+            return "not_object"
+        return error.kind
+    if isinstance(error, str):
+        return "schema"
+    return type(error).__name__.lower()[:MAX_REASON_LEN]
+
+
+# ---- the processor's metrics ---------------------------------------------------------------
+class ProcessorMetrics(Collector):
+    """[stream_processor]; written by the processor's main thread, read at scrape time."""
+
+    def __init__(self, topics_consumed: Iterable[str] = ()):
+        self.consumed: dict[str, int] = {t: 0 for t in topics_consumed}
+        self.dead_lettered: dict[tuple[str, str], int] = defaultdict(int)
+        self.lag: dict[tuple[str, int], int] = {}
+        self.freshness = BucketHistogram(FRESHNESS_BUCKETS)
+        self.push_duration = BucketHistogram(PUSH_BUCKETS)
+        self.pushed_rows = 0
+        self.commits = 0
+
+    def add_consumed(self, counts: dict[str, int]) -> None:
+        for topic, n in counts.items():
+            self.consumed[topic] = self.consumed.get(topic, 0) + n
+
+    def add_dead_letter(self, topic: str, reason: str) -> None:
+        self.dead_lettered[(topic, reason)] += 1
+
+    def collect(self):
+        consumed = CounterMetricFamily("taxi_stream_events_consumed_total",
+                                       "Events read from the input topics.", labels=["topic"])
+        for topic, n in list(self.consumed.items()):
+            consumed.add_metric([topic], n)
+        yield consumed
+        dead = CounterMetricFamily("taxi_stream_events_dead_lettered_total",
+                                   "Input events sent to the dead-letter topic, by reason.",
+                                   labels=["topic", "reason"])
+        for (topic, reason), n in list(self.dead_lettered.items()):
+            dead.add_metric([topic, reason], n)
+        yield dead
+        lag = GaugeMetricFamily("taxi_stream_consumer_lag",
+                                "Messages behind the partition's high watermark.",
+                                labels=["topic", "partition"])
+        for (topic, partition), n in sorted(dict(self.lag).items()):
+            lag.add_metric([topic, str(partition)], n)
+        yield lag
+        yield self.freshness.family("taxi_stream_freshness_seconds",
+                                    "Kafka message timestamp to the online push that carries it.")
+        yield self.push_duration.family("taxi_stream_push_duration_seconds",
+                                        "Duration of one Feast online push.")
+        yield CounterMetricFamily("taxi_stream_pushed_rows_total", "Feature rows pushed online.",
+                                  value=self.pushed_rows)
+        yield CounterMetricFamily("taxi_stream_commits_total", "Offset commits (checkpoints).",
+                                  value=self.commits)
+
+
+# ---- the label join's metrics --------------------------------------------------------------
+class LabelJoinMetrics(Collector):
+    """[label_join], read from the worker's counters and join state at scrape time."""
+
+    def __init__(self, worker):
+        self.worker = worker
+
+    def collect(self):
+        stats, state = self.worker.stats, self.worker.state
+        for name, key, doc in (("taxi_label_join_labels_total", "labels", "Labels consumed."),
+                               ("taxi_label_join_predictions_total", "predictions",
+                                "Prediction logs consumed."),
+                               ("taxi_label_join_joined_total", "joined",
+                                "Prediction/label pairs joined.")):
+            yield CounterMetricFamily(name, doc, value=stats[key])
+        unmatched = CounterMetricFamily(
+            "taxi_label_join_unmatched_total",
+            "Labels or predictions that left the window without a partner.", labels=["kind"])
+        for kind, n in dict(state.unmatched).items():
+            unmatched.add_metric([kind], n)
+        yield unmatched
+        labels = ["model_name", "model_version", "alias"]
+        families = {
+            "accuracy": GaugeMetricFamily("taxi_live_accuracy",
+                                          "Accuracy (threshold 0.5) over the joined pairs in the window.",
+                                          labels=labels),
+            "brier": GaugeMetricFamily("taxi_live_brier_score", "Brier score over the window.",
+                                       labels=labels),
+            "positive_rate": GaugeMetricFamily("taxi_live_positive_rate",
+                                               "Share of labels = 1 over the window.", labels=labels),
+            "joined": GaugeMetricFamily("taxi_live_joined", "Joined pairs in the window.", labels=labels),
+        }
+        for (name, version), window in list(state.models.items()):
+            values = [name, version, window.alias or ""]
+            n = window.n
+            families["joined"].add_metric(values, n)
+            if n:
+                families["accuracy"].add_metric(values, window.correct / n)
+                families["brier"].add_metric(values, min(1.0, max(0.0, window.brier / n)))
+                families["positive_rate"].add_metric(values, window.positives / n)
+        yield from families.values()
+
+
+# ---- serving ---------------------------------------------------------------------------------
+def registry_with(collector: Collector) -> CollectorRegistry:
+    """A registry of our families plus the process's (CPU, memory), without Feast's."""
+    from prometheus_client import PlatformCollector, ProcessCollector
+
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(collector)
+    ProcessCollector(registry=registry)
+    PlatformCollector(registry=registry)
+    return registry
+
+
+def serve(registry: CollectorRegistry, host: str, port: int, what: str) -> str | None:
+    """``/metrics`` on ``host:port`` in a daemon thread; the URL, or None (logged) when the
+    port is taken: the stream matters more than its metrics, Prometheus shows the target down."""
+    try:
+        prometheus_client.start_http_server(port, addr=host, registry=registry)
+    except OSError as exc:
+        log.error("%s metrics not served on %s:%d (%s); set another port in the settings",
+                  what, host, port, exc)
+        return None
+    url = f"http://{host}:{port}/metrics"
+    log.info("%s metrics on %s", what, url)
+    return url

@@ -1,0 +1,314 @@
+"""The gateway's pure logic, without a stack: request ids, route labels, the body limit, the
+Predictor's bookkeeping (with stand-ins for Feast and the model server — logic only; the real
+path is covered by tests/test_gateway*.py), and how metrics are wired or left out."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import json
+import logging
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+from fastapi import FastAPI
+
+from taxi_mlops.gateway import metrics as gm
+from taxi_mlops.gateway.app import create_app
+from taxi_mlops.gateway.errors import DependencyDown
+from taxi_mlops.gateway.inference import ModelServerError
+from taxi_mlops.gateway.middleware import (SCOPE_KEY, BodyLimit, MetricsMiddleware,
+                                           RequestIdMiddleware, RouteLabeler, sanitize_request_id)
+from taxi_mlops.gateway.predictor import Predictor
+from taxi_mlops.gateway.schemas import Trip
+from taxi_mlops.observability import logs
+from taxi_mlops.settings import Settings
+
+TRIP = {"trip_id": "u-1", "trip_miles": 2.5, "fare": 9.75, "trip_seconds": 600,
+        "trip_start_hour": 13, "trip_start_day": 4, "trip_start_month": 7,
+        "pickup_community_area": 8, "payment_type": "Credit Card", "company": "Flash Cab"}
+
+
+def run(coro):
+    return asyncio.run(coro)
+
+
+# ---- request id -----------------------------------------------------------------------------
+@pytest.mark.parametrize("value", ["abc", "A.b_c-9", "x" * 64, b"req-1"])
+def test_sane_request_id_is_kept(value):
+    expected = value.decode() if isinstance(value, bytes) else value
+    assert sanitize_request_id(value) == expected
+
+
+@pytest.mark.parametrize("value", [None, "", "x" * 65, "has space", "a/b", "é", b"\xff\xfe",
+                                   "id\nInjected: 1", '{"json": 1}'])
+def test_odd_request_id_is_replaced_not_refused(value):
+    new = sanitize_request_id(value)
+    assert new != value and len(new) == 32 and int(new, 16) >= 0
+
+
+# ---- ASGI helpers ---------------------------------------------------------------------------
+def http_scope(path="/predict", method="POST", headers=()):
+    return {"type": "http", "method": method, "path": path, "headers": list(headers),
+            "query_string": b"", "root_path": ""}
+
+
+async def call(app, scope, body_chunks=(b"{}",)):
+    chunks = list(body_chunks)
+    sent = []
+
+    async def receive():
+        if chunks:
+            body = chunks.pop(0)
+            return {"type": "http.request", "body": body, "more_body": bool(chunks)}
+        return {"type": "http.disconnect"}
+
+    async def send(message):
+        sent.append(message)
+
+    await app(scope, receive, send)
+    return sent
+
+
+async def echo_app(scope, receive, send):
+    """Answers 200 with the body it received (to see BodyLimit's replay)."""
+    body = b""
+    while True:
+        message = await receive()
+        body += message.get("body", b"")
+        if not message.get("more_body"):
+            break
+    await send({"type": "http.response.start", "status": 200, "headers": []})
+    await send({"type": "http.response.body", "body": body})
+
+
+def status_of(sent):
+    return next(m["status"] for m in sent if m["type"] == "http.response.start")
+
+
+# ---- body limit -----------------------------------------------------------------------------
+def test_body_limit_rejects_by_content_length():
+    app = BodyLimit(echo_app, max_bytes=10)
+    sent = run(call(app, http_scope(headers=[(b"content-length", b"11")]), [b"x" * 11]))
+    assert status_of(sent) == 413
+    assert json.loads(sent[1]["body"])["detail"][0]["field"] == "body"
+
+
+def test_body_limit_counts_chunked_bodies_and_replays_accepted_ones():
+    app = BodyLimit(echo_app, max_bytes=10)
+    assert status_of(run(call(app, http_scope(), [b"x" * 6, b"y" * 6]))) == 413
+    sent = run(call(app, http_scope(), [b"abc", b"def"]))
+    assert status_of(sent) == 200 and sent[1]["body"] == b"abcdef"
+    assert status_of(run(call(app, http_scope(method="GET"), [b""]))) == 200
+
+
+# ---- request id middleware and its log line --------------------------------------------------
+@pytest.fixture
+def captured_logs():
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(logs.JsonFormatter("gateway"))
+    logger = logging.getLogger("taxi_mlops.gateway")
+    old_level = logger.level
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    yield lambda: [json.loads(line) for line in stream.getvalue().splitlines()]
+    logger.removeHandler(handler)
+    logger.setLevel(old_level)
+
+
+def test_request_id_goes_back_as_header_and_into_the_predict_log(captured_logs):
+    seen = {}
+
+    async def route(scope, receive, send):
+        seen["ctx"] = dict(scope[SCOPE_KEY])
+        scope[SCOPE_KEY]["model_version"] = "7"
+        logging.getLogger("taxi_mlops.gateway").info("inside")
+        await echo_app(scope, receive, send)
+
+    app = RequestIdMiddleware(route)
+    sent = run(call(app, http_scope(headers=[(b"x-request-id", b"client-42")])))
+    assert (b"x-request-id", b"client-42") in sent[0]["headers"]
+    assert seen["ctx"]["request_id"] == "client-42"
+    inside, line = captured_logs()
+    assert inside["request_id"] == "client-42"  # bound for every record during the request
+    assert line["message"] == "predict" and line["request_id"] == "client-42"
+    assert line["model_version"] == "7" and line["status"] == 200 and line["latency_ms"] >= 0
+
+    sent = run(call(app, http_scope(headers=[(b"x-request-id", b"bad id")])))
+    generated = dict(sent[0]["headers"])[b"x-request-id"].decode()
+    assert generated != "bad id" and len(generated) == 32
+    assert "request_id" not in logs._context.get()  # unbound after the request
+
+
+# ---- route labels ---------------------------------------------------------------------------
+def test_route_label_is_the_template_and_unknown_paths_are_other():
+    app = FastAPI()
+
+    @app.get("/predict")
+    def p():
+        return {}
+
+    @app.get("/models/{name}/versions/{version}")
+    def v(name: str, version: str):
+        return {}
+
+    label = RouteLabeler(app.routes)
+    assert label(http_scope("/predict", "GET")) == "/predict"
+    assert label(http_scope("/models/a/versions/3", "GET")) == "/models/{name}/versions/{version}"
+    assert label(http_scope("/predict/../../etc/passwd", "GET")) == "other"
+    assert {label(http_scope(f"/random/{i}", "GET")) for i in range(100)} == {"other"}
+
+
+# ---- metrics ---------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def metrics(tmp_path_factory):
+    return gm.GatewayMetrics(Settings(state_dir=tmp_path_factory.mktemp("state")))
+
+
+def sample(metrics, name, **labels):
+    return metrics.registry.get_sample_value(name, labels) or 0.0
+
+
+def test_metrics_middleware_counts_by_template_method_and_status(metrics):
+    app = FastAPI()
+
+    @app.get("/predict")
+    def p():
+        return {}
+
+    mw = MetricsMiddleware(echo_app, metrics, RouteLabeler(app.routes))
+    before = sample(metrics, "taxi_gateway_requests_total", route="other", method="other", status="200")
+    run(call(mw, http_scope("/whatever", "BREW")))
+    assert sample(metrics, "taxi_gateway_requests_total", route="other", method="other",
+                  status="200") == before + 1
+    before = sample(metrics, "taxi_gateway_request_duration_seconds_count", route="/predict")
+    run(call(mw, http_scope("/predict", "GET")))
+    assert sample(metrics, "taxi_gateway_request_duration_seconds_count", route="/predict") == before + 1
+
+
+def test_prediction_log_counters_move_by_their_deltas(metrics):
+    sent0 = sample(metrics, "taxi_gateway_prediction_log_sent_total")
+    dropped0 = sample(metrics, "taxi_gateway_prediction_log_dropped_total")
+    base = dict(metrics._log_seen)
+    metrics.sync_prediction_log({"sent": base["sent"] + 5, "dropped": 2, "delivery_errors": 1,
+                                 "buffered": 4})
+    metrics.sync_prediction_log({"sent": base["sent"] + 5, "dropped": 2, "delivery_errors": 1,
+                                 "buffered": 3})  # nothing new: no double count
+    assert sample(metrics, "taxi_gateway_prediction_log_sent_total") == sent0 + 5
+    assert sample(metrics, "taxi_gateway_prediction_log_dropped_total") == dropped0 + 3 - base["dropped"]
+    assert sample(metrics, "taxi_gateway_prediction_log_backlog") == 3
+
+
+# ---- Predictor (pure logic: stand-ins for the lookup, the model server and the log) -----------
+class FakeLookup:
+    def __init__(self, fail=None):
+        self.fail = fail
+
+    def lookup(self, area, company):
+        if self.fail:
+            raise self.fail
+        from taxi_mlops.gateway.features import DEFAULTS
+
+        return dict(DEFAULTS), ["company_trip_count"]
+
+
+class FakeInference:
+    def __init__(self, fail=False):
+        self.fail, self.calls = fail, []
+
+    async def infer(self, request_id, inputs):
+        self.calls.append(request_id)
+        if self.fail:
+            raise ModelServerError("model server at http://x timed out")
+        return 0.73, "5"
+
+
+class FakeLog:
+    def __init__(self):
+        self.entries = []
+
+    def log(self, entry):
+        self.entries.append(entry)
+        return True
+
+
+def make_predictor(metrics=None, lookup=None, inference=None):
+    settings = Settings(request_timeout_s=1.0)
+    return Predictor(settings, lambda: lookup or FakeLookup(), inference or FakeInference(),
+                     FakeLog(), metrics)
+
+
+def test_predictor_builds_logs_and_records_one_prediction(metrics):
+    p = make_predictor(metrics)
+    stage0 = {s: sample(metrics, "taxi_gateway_stage_duration_seconds_count", stage=s) for s in gm.STAGES}
+    preds0 = sample(metrics, "taxi_gateway_predictions_total", model_name=p.settings.model_name,
+                    model_version="5", alias=p.settings.serving_alias)
+    defaulted0 = sample(metrics, "taxi_gateway_defaulted_features_total", feature="company_trip_count")
+    ctx = {}
+    prediction = run(p.predict(Trip(**TRIP), "rid-1", ctx))
+    assert prediction.request_id == "rid-1" and prediction.big_tipper and prediction.model.version == "5"
+    assert prediction.defaulted_features == ["company_trip_count"] and ctx["model_version"] == "5"
+    assert p.inference.calls == ["rid-1"]
+    (entry,) = p.prediction_log.entries
+    assert entry.request_id == "rid-1" and entry.model_version == "5"
+    for s in gm.STAGES:
+        assert sample(metrics, "taxi_gateway_stage_duration_seconds_count", stage=s) == stage0[s] + 1
+    assert sample(metrics, "taxi_gateway_predictions_total", model_name=p.settings.model_name,
+                  model_version="5", alias=p.settings.serving_alias) == preds0 + 1
+    assert sample(metrics, "taxi_gateway_defaulted_features_total",
+                  feature="company_trip_count") == defaulted0 + 1
+
+
+def test_predictor_names_the_dependency_that_failed():
+    with pytest.raises(DependencyDown) as down:
+        run(make_predictor(inference=FakeInference(fail=True)).predict(Trip(**TRIP), "r"))
+    assert down.value.dependency == "model_server"
+    with pytest.raises(DependencyDown) as down:
+        run(make_predictor(lookup=FakeLookup(fail=ConnectionError("redis"))).predict(Trip(**TRIP), "r"))
+    assert down.value.dependency == "feature_store"
+
+
+def test_predictor_without_metrics_records_nothing():
+    p = make_predictor(metrics=None)
+    assert run(p.predict(Trip(**TRIP), "r")).request_id == "r"
+
+
+# ---- wiring ----------------------------------------------------------------------------------
+def test_metrics_off_means_no_middleware_and_no_endpoint(tmp_path):
+    off = create_app(Settings(state_dir=tmp_path, metrics_enabled=False))
+    on = create_app(Settings(state_dir=tmp_path, metrics_enabled=True))
+    paths = lambda app: {getattr(r, "path", None) for r in app.routes}  # noqa: E731
+    classes = lambda app: {m.cls for m in app.user_middleware}  # noqa: E731
+    assert "/metrics" not in paths(off) and MetricsMiddleware not in classes(off)
+    assert off.state.metrics is None
+    assert "/metrics" in paths(on) and MetricsMiddleware in classes(on)
+    assert {"/predict", "/health"} <= paths(off)
+
+
+def test_importing_the_gateway_does_not_choose_the_metrics_mode(tmp_path):
+    """prometheus_client picks in-memory or file values at import, and Feast points it at a
+    temporary folder: neither may be imported before main() has set our folder."""
+    code = textwrap.dedent(f"""
+        import os, sys
+        import taxi_mlops.gateway.app as app
+        assert "prometheus_client" not in sys.modules and "feast" not in sys.modules
+        from taxi_mlops.gateway import metrics
+        from taxi_mlops.settings import Settings
+        s = Settings(state_dir={str(tmp_path)!r}, gateway_port=1234)
+        stale = metrics.multiprocess_dir(s) / "counter_1.db"
+        stale.parent.mkdir(parents=True); stale.write_bytes(b"old")
+        path = metrics.prepare_multiprocess_dir(s)
+        assert not stale.exists(), "not wiped"
+        assert os.environ["PROMETHEUS_MULTIPROC_DIR"] == os.environ["PROMETHEUS_MULTIPROCESS_DIR"] == str(path)
+        mode = metrics.value_mode()
+        assert mode == {{"multiprocess": True, "value_class": "MmapedValue", "dir": str(path)}}, mode
+        print("ok", path)
+    """)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PROMETHEUS_MULTIPROC")}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert str(tmp_path / "metrics" / "gateway" / "1234") in out.stdout
