@@ -9,7 +9,7 @@ its own if it is unset. So ``prepare_multiprocess_dir`` sets it to our folder be
 anything imports ``prometheus_client`` or Feast, and this module imports
 ``prometheus_client`` only inside functions (importing the gateway never chooses the mode).
 
-Names and labels are the contract in ``notes/obs_spec.md`` [gateway]: dashboards and alert
+Names and labels are the contract listed in the README (Observability, metrics): dashboards and alert
 rules are written against them.
 """
 

@@ -331,7 +331,9 @@ def format_storage(settings: Settings) -> bool:
     libs = libs_dir()
     config = _config_path(settings) if _config_path(settings).exists() else write_config(settings)
     command = [*_java_command(settings, libs, storage_tool_class(libs)),
-               "format", "-t", cluster_id(settings), "-c", str(config), "--ignore-formatted"]
+               # "--cluster-id=ID", not "-t ID": a url-safe base64 id may start with "-" (1 in 32),
+               # which argparse then reads as an option.
+               "format", f"--cluster-id={cluster_id(settings)}", "-c", str(config), "--ignore-formatted"]
     try:
         result = subprocess.run(command, capture_output=True, text=True, timeout=FORMAT_TIMEOUT_S,
                                 stdin=subprocess.DEVNULL)
