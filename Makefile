@@ -27,6 +27,8 @@ down:
 
 bench: install
 	$(VENV)/bin/python bench/predict_load.py
+	$(VENV)/bin/python bench/metrics_cost.py
+	$(VENV)/bin/python bench/batch_scoring.py
 	$(VENV)/bin/python bench/pipeline_time.py
 	$(VENV)/bin/python bench/stream_bench.py
 
