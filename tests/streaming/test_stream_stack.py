@@ -339,3 +339,12 @@ def test_processor_service_reports_progress(stream_settings, stream_processor, k
     assert details["phase"] == "running" and details["processed"] > 0
     assert caught_up(kafka, PROCESSOR_GROUP) in (True, False)
 
+
+
+def test_processor_still_consumes_after_the_broker_restarts(kafka, stream_processor, stream_settings):
+    """Runs after the broker stop/restart tests above (file order): the processor must have
+    resumed its partitions. It used to stay assigned and "running" but never fetch again,
+    because librdkafka kept the pause of a partition handed back by the rebalance."""
+    replay.replay(stream_settings, speed="max", retime=True, limit=300, progress=lambda _: None)
+    assert wait_for(lambda: caught_up(kafka, PROCESSOR_GROUP), 90, 0.5), \
+        processor.read_status(stream_settings, 0)

@@ -224,8 +224,8 @@ class StreamProcessor:
         self.stop_event.set()
 
     def _set_paused(self, paused: bool) -> None:
-        if paused == self.paused:
-            return
+        if paused == self.paused and paused:
+            return  # resuming is always sent: it is idempotent, and a lost resume stalls for good
         from confluent_kafka import TopicPartition
 
         tps = [TopicPartition(t, p) for t, p in self.assigned]
@@ -369,7 +369,10 @@ class StreamProcessor:
         self.retired.clear()  # partitions not handed back belong to another instance now
         if rebuild:
             self._rebuild(rebuild)
-        # The new assignment starts unpaused; a write that still fails pauses it again.
+        # Resume explicitly: librdkafka keeps a partition's pause across a rebalance that hands
+        # it back (seen after a broker restart: assigned, "running", and never fetching). A
+        # write that still fails pauses it again.
+        consumer.resume(partitions)
         self.paused = False
         log.info("assigned %s (rebuilt %d partition logs)",
                  sorted(f"{t}[{p}]" for t, p in self.assigned), len(rebuild))
