@@ -34,7 +34,7 @@ from taxi_mlops.settings import Settings
 from taxi_mlops.stack.process import Service, Supervisor, wait_for
 from taxi_mlops.stack.streaming import kafka_service, processor_service
 from taxi_mlops.streaming import broker, events, processor, status, topics
-from taxi_mlops.streaming import features as rt
+from taxi_mlops.features import realtime as rt
 
 AREAS = list(range(1, 78))
 
@@ -236,7 +236,7 @@ def main() -> int:
         sup.start(redis_service(settings))
         topics.ensure_topics(settings.kafka_bootstrap_servers)
         store.apply(settings)
-        store.feature_store(settings).apply(rt.realtime_objects(settings))
+        store.feature_store(settings).apply(store.realtime_objects(settings))
         for n in ((1, 2) if args.only != "freshness" else ()):
             r = throughput(sup, settings, n, args.events // 2)
             print(f"throughput, {n} instance(s): {r['events_per_s']:,.0f} events/s "

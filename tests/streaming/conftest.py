@@ -22,7 +22,6 @@ from taxi_mlops.stack.process import Supervisor  # noqa: E402
 from taxi_mlops.stack.services import redis_service  # noqa: E402
 from taxi_mlops.stack.streaming import kafka_service, processor_service  # noqa: E402
 from taxi_mlops.streaming import topics  # noqa: E402
-from taxi_mlops.streaming import features as rt  # noqa: E402
 from stream_helpers import PROCESSOR_GROUP  # noqa: E402
 
 
@@ -56,7 +55,7 @@ def feast_store(stream_settings, stream_supervisor):
     stream_supervisor.start(redis_service(stream_settings))
     store.apply(stream_settings)
     fs = store.feature_store(stream_settings)
-    fs.apply(rt.realtime_objects(stream_settings))
+    fs.apply(store.realtime_objects(stream_settings))
     yield store.feature_store(stream_settings)
     stream_supervisor.stop("redis")
 

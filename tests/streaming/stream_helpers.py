@@ -14,7 +14,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from taxi_mlops.stack.process import wait_for
 from taxi_mlops.streaming import events, topics
-from taxi_mlops.streaming import features as rt
+from taxi_mlops.features import realtime as rt
 
 TIMEOUT_S = 10
 PROCESSOR_GROUP = "test-stream-processor"  # the session processor's consumer group

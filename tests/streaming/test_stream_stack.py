@@ -19,7 +19,7 @@ from stream_helpers import (PROCESSOR_GROUP, batch_features, caught_up, decode_j
 from taxi_mlops.stack.process import wait_for
 from taxi_mlops.stack.streaming import kafka_service, label_join_service
 from taxi_mlops.streaming import broker, events, prediction_log, processor, replay, topics
-from taxi_mlops.streaming import features as rt
+from taxi_mlops.features import realtime as rt
 
 pytestmark = pytest.mark.slow  # a real broker, Redis and processor per session
 

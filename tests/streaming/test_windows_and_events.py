@@ -9,7 +9,7 @@ from datetime import datetime, timedelta, timezone
 import pytest
 
 from taxi_mlops.streaming import events, topics
-from taxi_mlops.streaming import features as rt
+from taxi_mlops.features import realtime as rt
 from taxi_mlops.streaming.windows import AreaWindow, to_us
 
 T0 = datetime(2024, 5, 1, 12, 0, tzinfo=timezone.utc)

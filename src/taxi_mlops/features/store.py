@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from taxi_mlops.features import schema, tables
+from taxi_mlops.features import realtime, schema, tables
 from taxi_mlops.settings import Settings, get_settings
 
 
@@ -48,9 +48,19 @@ def write_offline_tables(settings: Settings, csv_path: Path) -> dict:
     return written
 
 
-def apply(settings: Settings) -> None:
-    from taxi_mlops.streaming.features import realtime_objects
+def realtime_objects(settings: Settings) -> list:
+    """The Feast objects of the realtime features (``repo/realtime.py``), for ``apply``."""
+    import importlib
 
+    os.environ.update(settings.feast_env())
+    realtime.ensure_offline_dir(settings.feast_data_dir)
+    from taxi_mlops.features.repo import realtime as repo_realtime
+
+    repo_realtime = importlib.reload(repo_realtime)  # re-read TAXI_FEAST_DATA if settings changed
+    return [repo_realtime.area_realtime_push, repo_realtime.area_realtime_stats]
+
+
+def apply(settings: Settings) -> None:
     defs = _definitions(settings)
     store = feature_store(settings)
     store.apply([

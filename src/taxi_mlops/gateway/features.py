@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from taxi_mlops.features import schema, store
 from taxi_mlops.settings import Settings
-from taxi_mlops.streaming import features as realtime
+from taxi_mlops.features import realtime
 
 DEFAULTS = {**schema.STORE_DEFAULTS, **realtime.REALTIME_DEFAULTS}
 

@@ -23,7 +23,7 @@ from taxi_mlops.gateway.metrics import GatewayMetrics
 from taxi_mlops.gateway.schemas import ModelInfo, Prediction, Trip
 from taxi_mlops.observability import logs
 from taxi_mlops.settings import Settings
-from taxi_mlops.streaming import features as realtime
+from taxi_mlops.features import realtime
 from taxi_mlops.streaming.events import PredictionLogV1
 
 log = logging.getLogger("taxi_mlops.gateway")

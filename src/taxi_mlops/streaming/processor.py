@@ -51,7 +51,7 @@ from taxi_mlops.streaming import metrics  # noqa: I001  (before anything imports
 from taxi_mlops.observability import logs
 from taxi_mlops.settings import Settings, get_settings
 from taxi_mlops.streaming import clients, events, status, topics
-from taxi_mlops.streaming import features as rt
+from taxi_mlops.features import realtime as rt
 from taxi_mlops.streaming.checkpoint import CallbackSink, Checkpoint, Offset, OfflineSink, SinkError, low_from
 from taxi_mlops.streaming.windows import AreaWindow, from_us, to_us
 

@@ -20,7 +20,7 @@ from __future__ import annotations
 from bisect import bisect_right, insort
 from datetime import datetime, timedelta, timezone
 
-from taxi_mlops.streaming import features as rt
+from taxi_mlops.features import realtime as rt
 
 US = 1_000_000
 COUNT_WINDOW_US = int(rt.COUNT_WINDOW.total_seconds() * US)

@@ -12,7 +12,7 @@ from feast import FeatureView, Field, FileSource, PushSource
 from feast.types import Float32, Int64
 
 from taxi_mlops.features.repo.definitions import pickup_area
-from taxi_mlops.streaming import features as rt
+from taxi_mlops.features import realtime as rt
 
 # Read here, not imported from definitions: this module may be reloaded on its own.
 DATA_DIR = Path(os.environ.get("TAXI_FEAST_DATA", Path(__file__).parent / "data"))

@@ -2,7 +2,8 @@
 
 Kept apart from ``features/schema.py``: the batch model's inputs are pinned there, and these
 features are not model inputs until a model is trained on them (the offline rows written
-here make that possible, point-in-time).
+here make that possible, point-in-time). The stream processor computes them
+(``streaming/``); their Feast objects are in ``repo/realtime.py``.
 
 The offline table is a folder of Parquet files, one per commit of a processor instance:
 several instances append at once without rewriting a shared file (Feast's own
@@ -81,18 +82,3 @@ def write_offline_part(feast_data_dir: Path, frame, writer: str) -> Path:
     pq.write_table(table, tmp)
     os.replace(tmp, folder / name)
     return folder / name
-
-
-def realtime_objects(settings) -> list:
-    """The Feast objects of the realtime features, for ``FeatureStore.apply``.
-
-    Call after ``settings.feast_env()`` is in ``os.environ`` (``features.store.apply`` does it).
-    """
-    import importlib
-
-    os.environ.update(settings.feast_env())
-    ensure_offline_dir(settings.feast_data_dir)
-    from taxi_mlops.features.repo import realtime
-
-    realtime = importlib.reload(realtime)  # re-read TAXI_FEAST_DATA if settings changed
-    return [realtime.area_realtime_push, realtime.area_realtime_stats]
