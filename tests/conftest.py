@@ -30,6 +30,7 @@ def settings(tmp_path_factory) -> Settings:
                     pushgateway_port=free_port(), alertmanager_port=free_port(),
                     alert_receiver_port=free_port(), kafka_metrics_port=free_port(),
                     processor_metrics_port=free_port(), label_join_metrics_port=free_port(),
+                    quality_metrics_port=free_port(), quality_window_s=5.0,
                     # Fast scrapes and alert grouping so alert tests wait seconds, not minutes.
                     scrape_interval_s=1.0, alert_group_wait_s=1.0)
 

@@ -55,6 +55,11 @@ class Settings(BaseSettings):
     kafka_metrics_port: int = Field(9096, description="The broker's JMX exporter agent.")
     processor_metrics_port: int = Field(9097, description="Stream processor instance N uses this + N.")
     label_join_metrics_port: int = 9107
+    quality_metrics_port: int = Field(9108, description="The data-quality worker's /metrics.")
+    quality_window_events: int = Field(1000, description="Data-quality summary every N events ...")
+    quality_window_s: float = Field(60.0, description="... or every this many seconds, whichever first.")
+    quality_reference_refresh_s: float = Field(
+        60.0, description="How often the data-quality worker checks whether the champion changed.")
     scrape_interval_s: float = Field(5.0, description="Prometheus scrape and rule evaluation interval.")
     alert_group_wait_s: float = Field(5.0, description="Alertmanager group_wait and group_interval.")
     metrics_enabled: bool = Field(True, description="Gateway and model-server metrics (off only to measure their cost).")

@@ -77,3 +77,39 @@ def serving_lineage(path: Path) -> list[ArtifactNode]:
     """Lineage of the latest PushedModel, back to the Examples and their DVC version."""
     store = open_store(path)
     return upstream(store, latest(store, "PushedModel").id)
+
+
+@dataclass
+class TrainingData:
+    """The SchemaGen schema and StatisticsGen statistics of the run that trained a model."""
+
+    model: ArtifactNode
+    schema: ArtifactNode
+    statistics: ArtifactNode | None
+
+
+def _norm(uri: str) -> str:
+    return uri.rstrip("/")
+
+
+def training_data(path: Path, model_uri: str) -> TrainingData:
+    """Walk back from the Trainer's ``Model`` artifact at ``model_uri`` (an MLflow version's
+    ``tfx_model_uri`` tag) to the ``Schema`` SchemaGen produced and the ``ExampleStatistics``
+    StatisticsGen produced in the same run (the Trainer and Transform read that schema).
+
+    A later run that imports the model as its baseline makes another ``Model`` artifact with
+    the same URI but no upstream; the one with a SchemaGen schema upstream is the Trainer's.
+    """
+    store = open_store(path)
+    candidates = [a for a in store.get_artifacts_by_uri(model_uri)] or \
+        [a for a in store.get_artifacts_by_type("Model") if _norm(a.uri) == _norm(model_uri)]
+    for artifact in sorted(candidates, key=lambda a: -a.id):
+        nodes = upstream(store, artifact.id)
+        schema = next((n for n in nodes if n.type == "Schema" and n.produced_by.endswith("SchemaGen")), None)
+        if schema is None:
+            continue
+        stats = next((n for n in nodes if n.type == "ExampleStatistics"
+                      and n.produced_by.endswith("StatisticsGen")), None)
+        return TrainingData(model=nodes[0], schema=schema, statistics=stats)
+    raise LookupError(f"no model artifact at {model_uri} with a SchemaGen schema upstream in ML Metadata "
+                      f"({path}); was it trained by this platform's pipeline?")

@@ -105,15 +105,17 @@ def all_services(settings: Settings) -> list[Service]:
 
     Monitoring first (alert receiver, Alertmanager, Pushgateway, Prometheus: a training run
     pushes its metrics, and every later start is watched); Kafka (unless
-    ``KAFKA_BOOTSTRAP_SERVERS`` names an external cluster) before the stream processor and
-    the label join; the gateway last, once what it calls is up.
+    ``KAFKA_BOOTSTRAP_SERVERS`` names an external cluster) before the stream processor, the
+    label join and the data-quality worker; the gateway last, once what it calls is up.
     """
     from taxi_mlops.stack.monitoring import monitoring_services
-    from taxi_mlops.stack.streaming import kafka_service, label_join_service, processor_service
+    from taxi_mlops.stack.streaming import (data_quality_service, kafka_service, label_join_service,
+                                            processor_service)
 
     services = [redis_service(settings), *monitoring_services(settings), kafka_service(settings),
                 mlflow_service(settings),
                 processor_service(settings, instance=0), label_join_service(settings),
+                data_quality_service(settings),
                 model_server_service(settings), gateway_service(settings)]
     return [s for s in services if s is not None]
 

@@ -1,4 +1,5 @@
-"""The streaming services: the Kafka broker, the stream processor instances, the label join.
+"""The streaming services: the Kafka broker, the stream processor instances, the label join,
+the data-quality worker.
 
 The stack package owns every service definition; ``taxi_mlops.streaming`` holds the workers
 and the broker set-up and never imports the stack (it depends on nothing above it).
@@ -13,6 +14,8 @@ from taxi_mlops.stack.process import Service
 from taxi_mlops.streaming import broker, clients, status, topics
 from taxi_mlops.streaming.label_join import NAME as LABEL_JOIN
 from taxi_mlops.streaming.processor import GROUP, service_name
+from taxi_mlops.streaming.quality import GROUP as QUALITY_GROUP
+from taxi_mlops.streaming.quality import NAME as DATA_QUALITY
 
 
 def kafka_service(settings: Settings) -> Service | None:
@@ -63,4 +66,19 @@ def label_join_service(settings: Settings, window_s: float = 3600.0) -> Service:
         url=f"kafka {topics.LABELS} x {topics.PREDICTIONS} -> {topics.MODEL_METRICS}",
         env=settings.as_env(),
         details=lambda: status.details(settings, LABEL_JOIN, ("phase", "joined", "models", "metrics")),
+    )
+
+
+def data_quality_service(settings: Settings) -> Service:
+    """Trips checked against the champion's training schema (``streaming/quality.py``); its
+    metrics are on ``settings.quality_metrics_port``."""
+    return Service(
+        name=DATA_QUALITY,
+        command=[sys.executable, "-m", "taxi_mlops.streaming.quality"],
+        healthy=lambda: status.healthy(settings, DATA_QUALITY),
+        url=f"kafka group {QUALITY_GROUP}: {topics.TRIPS} -> {topics.DATA_QUALITY}",
+        env=settings.as_env(),
+        stop_timeout_s=30.0,
+        details=lambda: status.details(settings, DATA_QUALITY, ("phase", "checked", "violating", "dead_lettered",
+                                                                "reference", "metrics")),
     )

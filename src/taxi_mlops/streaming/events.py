@@ -137,6 +137,15 @@ class ModelMetricsV1(Event):
 
 
 class DataQualityV1(Event):
+    """A data-quality finding on ``taxi.data.quality`` (producer: ``streaming/quality.py``).
+
+    ``kind="violation"``: one failed check of one trip (``feature``, ``check``: missing,
+    type, unseen_category, out_of_range; ``details`` has the value and what was expected).
+    ``kind="window_summary"``: counts over a window of checked trips (``check`` is
+    ``window_summary``, ``passed`` is true when no trip in it violated the schema).
+    ``reference`` names the schema the trip was checked against (model version, MLMD URIs).
+    """
+
     event_type: ClassVar[str] = "DataQuality"
     schema_version: Literal[1] = 1
     source: str
@@ -144,6 +153,11 @@ class DataQualityV1(Event):
     passed: bool
     details: dict[str, Any] = Field(default_factory=dict)
     timestamp: AwareDatetime
+    kind: Literal["violation", "window_summary"] = "violation"
+    feature: str | None = None
+    trip_id: str | None = None
+    event_time: AwareDatetime | None = Field(None, description="The trip's event time (violations).")
+    reference: dict[str, str] = Field(default_factory=dict)
 
 
 class DeadLetterV1(Event):

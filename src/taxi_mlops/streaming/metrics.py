@@ -228,6 +228,49 @@ class LabelJoinMetrics(Collector):
         yield from families.values()
 
 
+# ---- the data-quality worker's metrics ------------------------------------------------------
+class DataQualityMetrics(Collector):
+    """[data_quality]: events checked, violations by feature and check (both bounded: the
+    schema's features and ``quality_checks.CHECKS``), the reference's coverage."""
+
+    def __init__(self) -> None:
+        self.checked = 0
+        self.violating = 0
+        self.violations: dict[tuple[str, str], int] = defaultdict(int)
+        self.dead_lettered: dict[str, int] = defaultdict(int)
+        self.coverage: float | None = None
+        self.model_version: str | None = None
+
+    def collect(self):
+        yield CounterMetricFamily("taxi_data_quality_events_checked_total",
+                                  "Decodable trips checked against the champion's training schema.",
+                                  value=self.checked)
+        yield CounterMetricFamily("taxi_data_quality_events_violating_total",
+                                  "Checked trips with at least one violation.", value=self.violating)
+        violations = CounterMetricFamily("taxi_data_quality_violations_total",
+                                         "Failed checks, by schema feature and check.",
+                                         labels=["feature", "check"])
+        for (feature, check), n in sorted(dict(self.violations).items()):
+            violations.add_metric([feature, check], n)
+        yield violations
+        dead = CounterMetricFamily("taxi_data_quality_dead_lettered_total",
+                                   "Undecodable trips sent to the dead-letter topic, by reason.",
+                                   labels=["reason"])
+        for reason, n in sorted(dict(self.dead_lettered).items()):
+            dead.add_metric([reason], n)
+        yield dead
+        if self.coverage is not None:
+            yield GaugeMetricFamily("taxi_data_quality_coverage_ratio",
+                                    "Share of the schema's features checked or declared out of scope.",
+                                    value=self.coverage)
+        if self.model_version is not None:
+            info = GaugeMetricFamily("taxi_data_quality_reference_info",
+                                     "The model version whose training schema the trips are checked against.",
+                                     labels=["model_version"])
+            info.add_metric([self.model_version], 1)
+            yield info
+
+
 # ---- serving ---------------------------------------------------------------------------------
 def registry_with(collector: Collector) -> CollectorRegistry:
     """A registry of our families plus the process's (CPU, memory), without Feast's."""
