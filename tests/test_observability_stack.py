@@ -12,7 +12,7 @@ from taxi_mlops.stack import services
 from taxi_mlops.stack.process import wait_for
 
 JOBS = {"prometheus", "alertmanager", "pushgateway", "alert_receiver", "gateway", "model_server",
-        "mlflow", "kafka", "stream_processor", "label_join"}
+        "mlflow", "kafka", "stream_processor", "label_join", "data_quality"}
 
 
 def test_prometheus_scrapes_every_component_and_all_are_up(observed_stack):
