@@ -39,7 +39,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import signal
 import sys
 import threading
 import time
@@ -129,17 +128,10 @@ def _feature_store(settings: Settings):
 
 class StreamProcessor:
     def __init__(self, settings: Settings, options: Options):
-        from confluent_kafka import Consumer
-
         self.settings, self.options = settings, options
         self.name = service_name(options.instance)
         self.bootstrap = settings.kafka_bootstrap_servers
-        self.consumer = Consumer(clients.consumer_config(
-            self.bootstrap, self.name, options.group,
-            **{"partition.assignment.strategy": "range",
-               # Static membership: a restarted instance gets its partitions back at once.
-               "group.instance.id": f"{options.group}-{options.instance}",
-               "fetch.wait.max.ms": 100}))
+        self.consumer = self._new_consumer()
         # message.timeout.ms=0: a record waits for the broker however long it is away; the
         # commit waits for it in turn, so nothing is committed that is not durable.
         self.producer = events.EventProducer(self.bootstrap, self.name, **{"message.timeout.ms": 0})
@@ -169,6 +161,36 @@ class StreamProcessor:
         self.lag: dict[str, int] = {}
         self._lag_at = 0.0
 
+    def _new_consumer(self):
+        from confluent_kafka import Consumer
+
+        return Consumer(clients.consumer_config(
+            self.bootstrap, self.name, self.options.group,
+            **{"partition.assignment.strategy": "range",
+               # Static membership: a restarted instance gets its partitions back at once.
+               "group.instance.id": f"{self.options.group}-{self.options.instance}",
+               "fetch.wait.max.ms": 100}))
+
+    def _subscribe(self) -> None:
+        self.consumer.subscribe(list(INPUTS), on_assign=self._on_assign, on_revoke=self._on_revoke,
+                                on_lost=self._on_lost)
+
+    def _replace_consumer(self, reason: str) -> None:
+        """A consumer that hit a fatal error never fetches again (seen: "static consumer
+        fenced" after a broker restart). Drop everything not committed (the new consumer's
+        assignment rebuilds it from the committed offsets, as after a crash) and join anew."""
+        log.error("consumer failed for good (%s); joining the group with a new consumer", reason)
+        self._forget(set(self.assigned), keep=False)
+        self.retired.clear()
+        self.offline.pending = []  # rows of uncommitted events: the new consumer recomputes them
+        try:
+            self.consumer.close()
+        except Exception as exc:  # a fenced consumer may refuse to leave cleanly
+            log.warning("closing the failed consumer: %s", exc)
+        self.consumer = self.checkpoint.consumer = self._new_consumer()
+        self.paused = False
+        self._subscribe()
+
     # ---- lifecycle ------------------------------------------------------------------------
     def run(self) -> None:
         topics.ensure_topics(self.bootstrap)
@@ -181,16 +203,19 @@ class StreamProcessor:
                                          self.name)
         self.store = _feature_store(self.settings)
         rt.ensure_offline_dir(self.settings.feast_data_dir)
-        self.consumer.subscribe(list(INPUTS), on_assign=self._on_assign, on_revoke=self._on_revoke,
-                                on_lost=self._on_lost)
+        self._subscribe()
         self.phase = "running"
         log.info("%s consuming %s as group %s from %s", self.name, ", ".join(INPUTS),
                  self.options.group, self.bootstrap)
         backoff = 0.5
         while not self.stop_event.is_set():
             messages = self.consumer.consume(self.options.batch_size, self.options.poll_timeout_s)
-            for msg in messages:
-                self._handle(msg)
+            try:
+                for msg in messages:
+                    self._handle(msg)
+            except ConsumerFailed as exc:
+                self._replace_consumer(str(exc))
+                continue
             if self._consumed:
                 self.metrics.add_consumed(self._consumed)
                 self._consumed.clear()
@@ -237,8 +262,8 @@ class StreamProcessor:
     def _handle(self, msg) -> None:
         err = msg.error()
         if err is not None:
-            if err.fatal():
-                raise RuntimeError(f"fatal Kafka error: {err}")
+            if err.fatal() or err.code() == _fatal_code():
+                raise ConsumerFailed(str(err))
             log.warning("consumer: %s", err)
             return
         topic = msg.topic()
@@ -470,6 +495,16 @@ class StreamProcessor:
         }
 
 
+class ConsumerFailed(RuntimeError):
+    """librdkafka raised a fatal error: this consumer instance is done."""
+
+
+def _fatal_code() -> int:
+    from confluent_kafka import KafkaError
+
+    return KafkaError._FATAL
+
+
 def _partition_eof() -> int:
     from confluent_kafka import KafkaError
 
@@ -498,14 +533,10 @@ def main(argv: list[str] | None = None) -> int:
     settings = get_settings()
     logs.setup(service_name(args.instance), settings.log_level)
     logging.getLogger("feast").setLevel(logging.WARNING)
-    settings.run_dir.mkdir(parents=True, exist_ok=True)
     processor = StreamProcessor(settings, Options(instance=args.instance, group=args.group,
                                                   commit_interval_s=args.commit_interval))
-    signal.signal(signal.SIGTERM, processor.stop)
-    signal.signal(signal.SIGINT, processor.stop)
-    return status.run_worker(status.path(settings, processor.name), processor.run, processor.status,
-                             lambda: setattr(processor, "phase", "failed"), "stream processor",
-                             summary=_summary)
+    return status.serve_worker(settings, processor.name, processor, processor.status,
+                               "stream processor", summary=_summary)
 
 
 if __name__ == "__main__":
