@@ -208,12 +208,12 @@ class FakeLookup:
     def __init__(self, fail=None):
         self.fail = fail
 
-    def lookup(self, area, company):
+    def lookup_many(self, keys):
         if self.fail:
             raise self.fail
         from taxi_mlops.gateway.features import DEFAULTS
 
-        return dict(DEFAULTS), ["company_trip_count"]
+        return [(dict(DEFAULTS), ["company_trip_count"]) for _ in keys]
 
 
 class FakeInference:

@@ -20,16 +20,13 @@ class FeatureLookup:
                       for f in proj.features]
         self._refs += [f"{realtime.REALTIME_VIEW}:{name}" for name in realtime.REALTIME_FEATURES]
 
-    def lookup(self, area: int, company: str) -> tuple[dict[str, float], list[str]]:
-        """Store features for the entities, and the names that fell back to defaults.
+    def lookup_many(self, keys: list[tuple[int, str]]) -> list[tuple[dict[str, float], list[str]]]:
+        """Store features for each (area, company) pair, and the names that fell back to
+        defaults, in one online read (one pair for /predict, up to 1,000 for a batch).
 
         The prior rows (``schema.PRIOR_*`` keys) are read in the same call: an entity the
         store lacks gets the prior, exactly as a training trip of an entity's first day does
         (``tables.point_in_time_join``); zeros only if the prior itself is missing."""
-        return self.lookup_many([(area, company)])[0]
-
-    def lookup_many(self, keys: list[tuple[int, str]]) -> list[tuple[dict[str, float], list[str]]]:
-        """``lookup`` for many (area, company) pairs in one online read (batch scoring)."""
         rows = self._store.get_online_features(
             features=self._refs,
             entity_rows=[{schema.AREA_KEY: a, schema.COMPANY_KEY: c} for a, c in keys]

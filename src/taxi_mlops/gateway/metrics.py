@@ -23,7 +23,7 @@ import sys
 import threading
 from pathlib import Path
 
-from taxi_mlops.observability.metrics import LATENCY_BUCKETS, PROBABILITY_BUCKETS
+from taxi_mlops.observability.metrics import LATENCY_BUCKETS, MULTIPROC_VARS, PROBABILITY_BUCKETS
 from taxi_mlops.settings import Settings
 
 PREFIX = "taxi_gateway_"
@@ -40,7 +40,6 @@ FAMILIES = (
 )
 STAGES = ("feature_lookup", "inference", "prediction_log")
 METHODS = frozenset({"GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"})
-MULTIPROC_VARS = ("PROMETHEUS_MULTIPROC_DIR", "PROMETHEUS_MULTIPROCESS_DIR")  # Feast reads the second
 _LIVE_FILE = re.compile(r"gauge_live\w+?_(\d+)\.db$")
 
 

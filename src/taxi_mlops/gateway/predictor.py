@@ -55,28 +55,23 @@ class Predictor:
         return self._lookup
 
     async def features_for(self, trip: Trip) -> tuple[dict, list[str]]:
-        try:
-            lookup = await self.feature_lookup()
-            area = trip.pickup_community_area if trip.pickup_community_area is not None else schema.MISSING_AREA
-            company = trip.company or schema.MISSING_COMPANY
-            return await asyncio.wait_for(run_in_threadpool(lookup.lookup, area, company),
-                                          self.settings.request_timeout_s)
-        except asyncio.TimeoutError as exc:
-            raise DependencyDown("feature_store", "feature store (Redis) timed out") from exc
-        except Exception as exc:  # Feast raises many types for a down Redis
-            raise DependencyDown("feature_store", f"feature store unavailable: {exc}") from exc
+        return (await self._read_features([trip], self.settings.request_timeout_s))[0]
 
     async def features_for_many(self, trips: list[Trip]) -> list[tuple[dict, list[str]]]:
         """One online read for many trips (batch scoring)."""
+        return await self._read_features(trips, self.settings.request_timeout_s * 5)
+
+    async def _read_features(self, trips: list[Trip], timeout_s: float) -> list[tuple[dict, list[str]]]:
+        """Store features (and the names defaulted) per trip, in one online read; a down or
+        slow Redis is ``DependencyDown("feature_store")`` within ``timeout_s``."""
         keys = [(t.pickup_community_area if t.pickup_community_area is not None else schema.MISSING_AREA,
                  t.company or schema.MISSING_COMPANY) for t in trips]
         try:
             lookup = await self.feature_lookup()
-            return await asyncio.wait_for(run_in_threadpool(lookup.lookup_many, keys),
-                                          self.settings.request_timeout_s * 5)
+            return await asyncio.wait_for(run_in_threadpool(lookup.lookup_many, keys), timeout_s)
         except asyncio.TimeoutError as exc:
             raise DependencyDown("feature_store", "feature store (Redis) timed out") from exc
-        except Exception as exc:
+        except Exception as exc:  # Feast raises many types for a down Redis
             raise DependencyDown("feature_store", f"feature store unavailable: {exc}") from exc
 
     async def predict_batch(self, trips: list[Trip], request_id: str) -> list[Prediction]:

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from taxi_mlops import paths
 from taxi_mlops.features import schema
+from taxi_mlops.samples import SAMPLE_TRIPS
 
 CODE = Path(__file__).with_name("pyfunc_model.py")
 # float64 in the signature: a DataFrame of Python floats is float64, and MLflow refuses to
@@ -20,14 +21,8 @@ _MLFLOW_TYPES = {"FP32": "double", "INT64": "long", "BYTES": "string"}
 # What serving needs, pinned to the platform lock (the environment that loads the model).
 SERVING_REQUIREMENTS = ("mlflow", "tensorflow-cpu", "pandas", "numpy", "protobuf")
 
-EXAMPLE_TRIPS = [
-    {"trip_miles": 1.1, "fare": 6.25, "trip_seconds": 420, "trip_start_hour": 9, "trip_start_day": 3,
-     "trip_start_month": 6, "pickup_community_area": 8, "dropoff_community_area": 32,
-     "payment_type": "Credit Card", "company": "Taxi Affiliation Services"},
-    {"trip_miles": 17.4, "fare": 44.75, "trip_seconds": 2100, "trip_start_hour": 17,
-     "trip_start_day": 6, "trip_start_month": 10, "pickup_community_area": 76,
-     "dropoff_community_area": 8, "payment_type": "Cash", "company": "Dispatch Taxi Affiliation"},
-]
+# Two of the CLI's sample trips (a card loop, a cash airport run) as the input example.
+EXAMPLE_TRIPS = SAMPLE_TRIPS[:2]
 
 
 def input_types() -> dict[str, str]:

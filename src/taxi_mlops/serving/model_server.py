@@ -20,8 +20,9 @@ import logging
 import os
 import sys
 
-_MULTIPROC_VARS = ("PROMETHEUS_MULTIPROC_DIR", "PROMETHEUS_MULTIPROCESS_DIR")
-for _var in _MULTIPROC_VARS:
+from taxi_mlops.observability.metrics import MULTIPROC_VARS  # noqa: E402 (imports nothing else)
+
+for _var in MULTIPROC_VARS:
     os.environ.pop(_var, None)  # before prometheus_client picks its value class (import time)
 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # a tqdm bar is no log line
 
@@ -67,7 +68,7 @@ def _undo_feast_import() -> None:
     importing feast sets ``PROMETHEUS_MULTIPROC_DIR`` (to a temporary folder) and registers
     its feature-server families in the default registry. Neither belongs to this process:
     the variable would leak into anything it starts, the families would be scraped as zeros."""
-    for var in _MULTIPROC_VARS:
+    for var in MULTIPROC_VARS:
         os.environ.pop(var, None)
     feast_metrics = sys.modules.get("feast.metrics")
     for value in vars(feast_metrics).values() if feast_metrics else ():

@@ -13,7 +13,7 @@ import sys
 
 import httpx
 
-from taxi_mlops.observability import alertmanager, prometheus
+from taxi_mlops.observability import alertmanager, alerts, prometheus
 from taxi_mlops.settings import Settings
 from taxi_mlops.stack.process import PROBE_TIMEOUT_S, Service, http_ok
 
@@ -115,12 +115,9 @@ def _prometheus_details(settings: Settings) -> dict:
 
 def _alertmanager_details(settings: Settings) -> dict:
     try:
-        alerts = httpx.get(f"{settings.alertmanager_url}/api/v2/alerts",
-                           params={"active": "true", "silenced": "false", "inhibited": "false"},
-                           timeout=PROBE_TIMEOUT_S).json()
+        return {"firing": len(alerts.firing(settings, PROBE_TIMEOUT_S))}
     except (httpx.HTTPError, ValueError):
         return {}
-    return {"firing": len(alerts)}
 
 
 def _pushgateway_details(settings: Settings) -> dict:

@@ -17,13 +17,14 @@ from pathlib import Path
 from typing import Callable
 
 from taxi_mlops.observability import logs
+from taxi_mlops.observability.metrics import MULTIPROC_VARS
 from taxi_mlops.pids import pid_alive  # noqa: F401 (part of this module's API)
 from taxi_mlops.settings import Settings
 
 
 # Importing feast points prometheus_client at a temporary folder it deletes on exit; a child
 # inheriting these would crash on its first metric.
-PROCESS_LOCAL_VARS = ("PROMETHEUS_MULTIPROC_DIR", "PROMETHEUS_MULTIPROCESS_DIR")
+PROCESS_LOCAL_VARS = MULTIPROC_VARS
 PROBE_TIMEOUT_S = 2.0
 
 

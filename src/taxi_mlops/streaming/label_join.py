@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import signal
 import sys
 import threading
 import time
@@ -247,11 +246,8 @@ def main(argv: list[str] | None = None) -> int:
     settings = get_settings()
     logs.setup(NAME, settings.log_level)
     worker = LabelJoin(settings, window_s=args.window)
-    signal.signal(signal.SIGTERM, worker.stop)
-    signal.signal(signal.SIGINT, worker.stop)
-    return status.run_worker(status.path(settings, NAME), worker.run, worker.snapshot,
-                             lambda: setattr(worker, "phase", "failed"), "label join",
-                             summary=lambda s: f"joined={s['joined']} models={s['models']}")
+    return status.serve_worker(settings, NAME, worker, worker.snapshot, "label join",
+                               summary=lambda s: f"joined={s['joined']} models={s['models']}")
 
 
 if __name__ == "__main__":

@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import signal
 import sys
 import threading
 import time
@@ -295,12 +294,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     settings = get_settings()
     logs.setup(NAME, settings.log_level)
-    settings.run_dir.mkdir(parents=True, exist_ok=True)
     worker = DataQualityWorker(settings, commit_interval_s=args.commit_interval)
-    signal.signal(signal.SIGTERM, worker.stop)
-    signal.signal(signal.SIGINT, worker.stop)
-    return status.run_worker(status.path(settings, NAME), worker.run, worker.snapshot,
-                             lambda: setattr(worker, "phase", "failed"), "data quality", summary=_summary)
+    return status.serve_worker(settings, NAME, worker, worker.snapshot, "data quality",
+                               summary=_summary)
 
 
 if __name__ == "__main__":

@@ -96,3 +96,17 @@ def run_worker(target: Path, run: Callable[[], None], snapshot: Callable[[], dic
             write(target, {**snapshot(), "pid": 0, "heartbeat": 0})
         except Exception:  # the process is ending; a stale file reads as unhealthy anyway
             pass
+
+
+def serve_worker(settings: Settings, name: str, worker, snapshot: Callable[[], dict], what: str,
+                 summary: Callable[[dict], str] | None = None) -> int:
+    """A streaming worker process's main: SIGTERM/SIGINT call ``worker.stop``, and
+    ``worker.run`` goes on under the heartbeat of ``run/<name>.status.json`` (``run_worker``;
+    a crash sets ``worker.phase`` to failed)."""
+    import signal
+
+    settings.run_dir.mkdir(parents=True, exist_ok=True)
+    signal.signal(signal.SIGTERM, worker.stop)
+    signal.signal(signal.SIGINT, worker.stop)
+    return run_worker(path(settings, name), worker.run, snapshot,
+                      lambda: setattr(worker, "phase", "failed"), what, summary=summary)
