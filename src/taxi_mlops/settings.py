@@ -68,6 +68,22 @@ class Settings(BaseSettings):
 
     model_name: str = MODEL_NAME
     serving_alias: str = "champion"
+
+    # ---- serving and rollout (issue 7) ------------------------------------------------------
+    model_server_replicas: int = Field(1, ge=1, le=16, description=(
+        "Model-server processes; replica N listens on model_server_port + N. Each hosts every "
+        "served version; the gateway balances them by least outstanding requests."))
+    serving_versions: str = Field("", description=(
+        "Versions served besides those holding an alias, comma-separated (pinned)."))
+    registry_poll_s: float = Field(2.0, gt=0, description=(
+        "How often the model server reads the registry's aliases (hot swap on a move)."))
+    unload_grace_s: float = Field(30.0, ge=0, description=(
+        "A version that lost its last alias stays loaded this long (in-flight routes drain)."))
+    routing_refresh_s: float = Field(1.0, gt=0, description=(
+        "How often a gateway worker rereads the routing policy and experiments."))
+    admin_token: str | None = Field(None, description=(
+        "Bearer token of every state-changing endpoint; default: the one generated into "
+        "<state_dir>/admin_token at the first `up`."))
     data_csv: Path = paths.PROJECT_ROOT / "data" / "chicago_taxi" / "data.csv"
 
     pipeline_python: Path | None = Field(None, description="Python of the TFX virtual environment.")
@@ -136,6 +152,26 @@ class Settings(BaseSettings):
     @property
     def model_server_url(self) -> str:
         return f"http://{self.host}:{self.model_server_port}"
+
+    @property
+    def model_server_urls(self) -> list[str]:
+        """One URL per model-server replica (``model_server_replicas``)."""
+        return [f"http://{self.host}:{self.model_server_port + i}"
+                for i in range(self.model_server_replicas)]
+
+    @property
+    def pinned_versions(self) -> list[str]:
+        return [v.strip() for v in self.serving_versions.split(",") if v.strip()]
+
+    @property
+    def admin_token_file(self) -> Path:
+        return self.state_dir / "admin_token"
+
+    @property
+    def rollout_db(self) -> Path:
+        """Experiments, their observations and the routing policy (SQLite: durable, shared
+        by every gateway worker and the label join on this machine)."""
+        return self.state_dir / "rollout" / "rollout.sqlite"
 
     @property
     def gateway_url(self) -> str:

@@ -118,6 +118,40 @@ class PredictionLogV1(Event):
         None, description="The trip's start (trip_start_timestamp) when the request carried it.")
 
 
+class PredictionLogV2(PredictionLogV1):
+    """V1 plus how the request was routed (issue 7): which variant answered, under which
+    experiment and policy, and whether the answer was a shadow (logged, never returned) or a
+    fallback (the primary failed)."""
+
+    event_type: ClassVar[str] = "PredictionLog"
+    schema_version: Literal[2] = 2
+    variant: str | None = Field(None, description="The routing variant that produced this answer.")
+    experiment_id: str | None = None
+    policy: str | None = Field(None, description="single | split | ensemble | fallback | shadow")
+    shadow: bool = Field(False, description="A mirrored request: this answer was not returned.")
+    fallback: bool = Field(False, description="The primary failed; a secondary answered.")
+
+
+class ModelEventV1(Event):
+    """A registry decision on ``taxi.model.events``: promote, rollback, retire, experiment
+    start/stop. The audit trail of rollout, mirrored as MLflow model-version tags."""
+
+    event_type: ClassVar[str] = "ModelEvent"
+    schema_version: Literal[1] = 1
+    event_id: str = Field(min_length=1)
+    action: Literal["promote", "rollback", "retire", "experiment_started", "experiment_stopped",
+                    "alias_moved"]
+    model_name: str
+    version: str | None = Field(None, description="The version the action is about.")
+    previous_version: str | None = Field(None, description="The version that held the alias before.")
+    alias: str | None = None
+    experiment_id: str | None = None
+    actor: str = Field(description="sequential-test | manual:<who> | cli")
+    reason: str = ""
+    details: dict[str, Any] = Field(default_factory=dict)
+    timestamp: AwareDatetime
+
+
 class ModelMetricsV1(Event):
     """Live metrics of one model version over the labels joined in the last ``window_s``."""
 
@@ -183,7 +217,8 @@ class DeadLetterV1(Event):
 TripEvent = TripEventV1
 LabelEvent = LabelEventV1
 RealtimeFeatures = RealtimeFeaturesV1
-PredictionLog = PredictionLogV1
+PredictionLog = PredictionLogV2
+ModelEvent = ModelEventV1
 ModelMetrics = ModelMetricsV1
 DataQuality = DataQualityV1
 DeadLetter = DeadLetterV1
@@ -193,8 +228,9 @@ SCHEMAS: dict[str, dict[int, type[Event]]] = {
     topics.TRIPS: {1: TripEventV1},
     topics.LABELS: {1: LabelEventV1},
     topics.FEATURES: {1: RealtimeFeaturesV1},
-    topics.PREDICTIONS: {1: PredictionLogV1},
+    topics.PREDICTIONS: {1: PredictionLogV1, 2: PredictionLogV2},
     topics.MODEL_METRICS: {1: ModelMetricsV1},
+    topics.MODEL_EVENTS: {1: ModelEventV1},
     topics.DATA_QUALITY: {1: DataQualityV1},
     topics.DEADLETTER: {1: DeadLetterV1},
 }

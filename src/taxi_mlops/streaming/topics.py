@@ -24,6 +24,7 @@ LABELS = "taxi.labels"
 FEATURES = "taxi.features.realtime"
 PREDICTIONS = "taxi.predictions"
 MODEL_METRICS = "taxi.model.metrics"
+MODEL_EVENTS = "taxi.model.events"
 DATA_QUALITY = "taxi.data.quality"
 DEADLETTER = "taxi.deadletter"
 
@@ -51,6 +52,8 @@ TOPICS: list[Topic] = [
     Topic(MODEL_METRICS, 1, 30 * DAY_MS, "compact",
           description="Latest live metrics per model version (compacted by key).",
           extra={"min.cleanable.dirty.ratio": "0.1", "segment.ms": str(DAY_MS)}),
+    Topic(MODEL_EVENTS, 1, 365 * DAY_MS, description="Rollout audit trail: promotions, rollbacks, "
+          "experiments (one partition: one order)."),
     Topic(DATA_QUALITY, 1, 7 * DAY_MS, description="Data quality reports."),
     Topic(DEADLETTER, 1, 30 * DAY_MS, description="Events that failed validation, with reason."),
 ]
