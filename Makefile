@@ -10,8 +10,11 @@ install:
 demo: install
 	$(CLI) up
 	$(CLI) train
+	$(CLI) train --family linear
+	$(CLI) experiment start --control champion --treatment challenger --split 50/50 --replace
 	$(CLI) stream replay --speed max --retime --limit 3000 --max-rate 200 --predict
 	$(CLI) predict
+	$(CLI) experiment status
 	$(CLI) status
 	$(CLI) alerts
 	$(CLI) urls
@@ -31,6 +34,8 @@ bench: install
 	$(VENV)/bin/python bench/batch_scoring.py
 	$(VENV)/bin/python bench/pipeline_time.py
 	$(VENV)/bin/python bench/stream_bench.py
+	$(VENV)/bin/python bench/sequential_bench.py
+	$(VENV)/bin/python bench/rollout_bench.py
 
 clean: down
 	rm -rf .state

@@ -16,14 +16,32 @@ from taxi_mlops.pipeline import launcher
 from taxi_mlops.registry import models
 from taxi_mlops.settings import Settings
 from taxi_mlops.stack import monitoring, services
+from taxi_mlops.stack import up as stack_up
 from taxi_mlops.stack.process import Supervisor, free_port
+
+
+def free_port_pair() -> int:
+    """A free port N whose N+1 is free too (replica 1 listens on N+1)."""
+    import socket
+
+    for _ in range(50):
+        port = free_port()
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port + 1))
+                return port
+            except OSError:
+                continue
+    raise RuntimeError("no two consecutive free ports")
 
 
 @pytest.fixture(scope="session")
 def settings(tmp_path_factory) -> Settings:
     state = Path(os.environ.get("TAXI_TEST_STATE_DIR") or tmp_path_factory.mktemp("state"))
     return Settings(state_dir=state, redis_port=free_port(), mlflow_port=free_port(),
-                    model_server_port=free_port(), gateway_port=free_port(),
+                    # Two model-server replicas (ports N, N+1): the gateway balances them.
+                    model_server_port=free_port_pair(), model_server_replicas=2,
+                    gateway_port=free_port(),
                     kafka_port=free_port(), kafka_controller_port=free_port(),
                     kafka_bootstrap_override=None, request_timeout_s=2.0,
                     prometheus_port=free_port(), prometheus_external_url=None,
@@ -32,7 +50,9 @@ def settings(tmp_path_factory) -> Settings:
                     processor_metrics_port=free_port(), label_join_metrics_port=free_port(),
                     quality_metrics_port=free_port(), quality_window_s=5.0,
                     # Fast scrapes and alert grouping so alert tests wait seconds, not minutes.
-                    scrape_interval_s=1.0, alert_group_wait_s=1.0)
+                    scrape_interval_s=1.0, alert_group_wait_s=1.0,
+                    # Fast registry polls and routing refreshes: rollout tests await swaps.
+                    registry_poll_s=1.0, unload_grace_s=2.0, routing_refresh_s=0.5)
 
 
 @pytest.fixture(scope="session")
@@ -64,11 +84,7 @@ def trained(base_stack, settings):
 @pytest.fixture(scope="session")
 def stack(trained, settings, supervisor):
     """The whole stack serving the champion trained above, as `taxi-mlops up` starts it."""
-    hooks = services.after_start(settings)
-    for service in services.all_services(settings):
-        supervisor.start(service)
-        if service.name in hooks:
-            hooks[service.name]()
+    stack_up(settings, supervisor)
     return settings
 
 

@@ -75,7 +75,9 @@ def test_health_reports_each_dependency(stack):
 
 
 def test_model_server_down_gives_503_then_recovers(stack, supervisor, trip):
-    supervisor.kill("model_server")
+    replicas = services.model_server_services(stack)
+    for replica in replicas:  # every replica: with one left, the gateway would still answer
+        supervisor.kill(replica.name)
     try:
         started = time.monotonic()
         r = post(stack, trip)
@@ -87,7 +89,8 @@ def test_model_server_down_gives_503_then_recovers(stack, supervisor, trip):
         health = httpx.get(f"{stack.gateway_url}/health", timeout=10)
         assert health.status_code == 503 and not health.json()["dependencies"]["model_server"]["ok"]
     finally:
-        supervisor.start(services.model_server_service(stack))
+        for replica in replicas:
+            supervisor.start(replica)
     r = post(stack, trip)
     assert r.status_code == 200, r.text
 

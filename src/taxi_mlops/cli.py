@@ -32,24 +32,17 @@ class CliError(RuntimeError):
 
 # ---- stack ------------------------------------------------------------------------------
 def cmd_up(settings: Settings, args) -> int:
-    from taxi_mlops.stack import services
-    from taxi_mlops.stack.process import Supervisor
+    from taxi_mlops import stack
 
-    sup = Supervisor(settings)
-    hooks = services.after_start(settings)
-    for service in services.all_services(settings):
-        if service.name == "model_server" and not services.champion_exists(settings):
-            console.print(f"[yellow]model_server[/] waiting: no '{settings.serving_alias}' model "
-                          "yet; `taxi-mlops train` registers one and deploys it")
-            continue
-        with console.status(f"starting {service.name} …"):
-            state = sup.start(service)
-        console.print(f"[green]{service.name}[/] {state} at {service.url}")
-        if service.name in hooks:
-            with console.status(f"setting up after {service.name} …"):
-                hooks[service.name]()
-            what = "Feast repo applied" if service.name == "redis" else "topics declared"
-            console.print(f"[green]{service.name}[/] {what}")
+    def report(name: str, state: str, detail: str) -> None:
+        if state == "waiting":
+            console.print(f"[yellow]{name}[/] waiting: {detail}")
+        elif state == "set up":
+            console.print(f"[green]{name}[/] {detail}")
+        else:
+            console.print(f"[green]{name}[/] {state} at {detail}")
+
+    stack.up(settings, report=report, step=console.status)
     if settings.kafka_bootstrap_override:
         console.print(f"kafka: external cluster at {settings.kafka_bootstrap_servers} (not started)")
     return 0
@@ -143,13 +136,14 @@ def cmd_train(settings: Settings, args) -> int:
             elif event.get("step") == "data" and event.get("state") == "finished":
                 progress.console.print(f"  [green]✓[/] data version {event['data_version']}")
 
-        result = launcher.run_training(settings, progress=on_event, **overrides)
-    console.print(f"pipeline finished in {result.seconds:.1f}s (log: {result.log_path})")
+        result = launcher.run_training(settings, progress=on_event, family=args.family, **overrides)
+    console.print(f"pipeline ({result.family}) finished in {result.seconds:.1f}s (log: {result.log_path})")
     champion = models.by_alias(settings.mlflow_tracking_uri, settings.model_name, models.CHAMPION)
     challenger = models.by_alias(settings.mlflow_tracking_uri, settings.model_name, models.CHALLENGER)
     for ref in (champion, challenger):
         if ref:
-            console.print(f"  {ref.name} v{ref.version} @{ref.alias}: accuracy "
+            console.print(f"  {ref.name} v{ref.version} @{ref.alias} "
+                          f"({ref.tags.get('model_family', 'dnn')}): accuracy "
                           f"{float(ref.tags.get('eval_binary_accuracy', 'nan')):.3f}, AUC "
                           f"{float(ref.tags.get('eval_auc', 'nan')):.3f}")
     if not args.no_deploy and champion:
@@ -158,7 +152,9 @@ def cmd_train(settings: Settings, args) -> int:
 
 
 def cmd_deploy(settings: Settings, args) -> int:
-    """(Re)start the model server so it loads the version now holding the serving alias."""
+    """Serve the version now holding the serving alias: a running model server swaps it in
+    (hot, no restart: each replica rereads the registry); a stopped one is started."""
+    from taxi_mlops import security
     from taxi_mlops.stack import services
     from taxi_mlops.stack.process import Supervisor
 
@@ -167,16 +163,34 @@ def cmd_deploy(settings: Settings, args) -> int:
         raise CliError(f"no '{settings.serving_alias}' version of {settings.model_name} in MLflow: "
                        "run `taxi-mlops train` first.")
     sup = Supervisor(settings)
-    sup.stop("model_server")
-    with console.status("loading the model into the model server …"):
-        sup.start(services.model_server_service(settings))
-    console.print(f"[green]model_server[/] serving {settings.model_name}@{settings.serving_alias} "
-                  f"at {settings.model_server_url}")
+    token = security.ensure_token(settings)
+    for service in services.model_server_services(settings):
+        if sup.pid(service.name) is not None and _refresh_replica(settings, service.url, token):
+            console.print(f"[green]{service.name}[/] swapped in {settings.model_name}@"
+                          f"{settings.serving_alias} (hot, no restart) at {service.url}")
+            continue
+        sup.stop(service.name)
+        with console.status(f"loading the model into {service.name} …"):
+            sup.start(service)
+        console.print(f"[green]{service.name}[/] serving {settings.model_name}@{settings.serving_alias} "
+                      f"at {service.url}")
     gateway = services.gateway_service(settings)
     if sup.pid("gateway") is None:
         sup.start(gateway)
         console.print(f"[green]gateway[/] started at {settings.gateway_url}")
     return 0
+
+
+def _refresh_replica(settings: Settings, url: str, token: str) -> bool:
+    """True if the replica reread the registry and now serves the alias."""
+    import httpx
+
+    try:
+        response = httpx.post(f"{url}/v2/models/{settings.model_name}/refresh",
+                              headers={"Authorization": f"Bearer {token}"}, timeout=120.0)
+    except httpx.HTTPError:
+        return False
+    return response.status_code == 200
 
 
 def cmd_predict_csv(settings: Settings, args) -> int:
@@ -346,6 +360,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_status)
     p = sub.add_parser("train", help="run the TFX pipeline, register and deploy a blessed model")
     p.add_argument("--train-steps", type=int, default=None)
+    # launcher.FAMILIES, spelled out: importing the launcher here would slow every command.
+    p.add_argument("--family", choices=("dnn", "linear"), default="dnn",
+                   help="model family the Trainer builds on the shared Transform output")
     p.add_argument("--no-deploy", action="store_true", help="do not reload the model server")
     p.set_defaults(func=cmd_train)
     sub.add_parser("deploy", help="load the current champion into the model server").set_defaults(
@@ -386,6 +403,9 @@ def build_parser() -> argparse.ArgumentParser:
                    ).set_defaults(func=cmd_lineage)
     sub.add_parser("env", help="exports for the Feast SDK and CLI: "
                    "eval \"$(taxi-mlops env)\"").set_defaults(func=cmd_env)
+    from taxi_mlops.rollout import cli as rollout_cli
+
+    rollout_cli.register(sub, lambda fn: lambda settings, args: fn(settings, args, console))
     return parser
 
 
@@ -400,6 +420,7 @@ def main(argv: list[str] | None = None) -> int:
     from taxi_mlops.pipeline.launcher import PipelineFailed
     from taxi_mlops.pipeline_env import PipelineEnvError
     from taxi_mlops.registry.models import RegistryUnavailable
+    from taxi_mlops.rollout.cli import RolloutCliError
     from taxi_mlops.stack.process import ServiceStartError
     from taxi_mlops.streaming.broker import BrokerSetupError
     from taxi_mlops.streaming.replay import ReplayError
@@ -409,7 +430,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.func(settings, args)
     except (CliError, ServiceStartError, PipelineFailed, PipelineEnvError, DataVersionError,
-            RegistryUnavailable, BrokerSetupError, ReplayError, TopicError, ValueError) as exc:
+            RegistryUnavailable, BrokerSetupError, ReplayError, TopicError, RolloutCliError,
+            ValueError) as exc:
         err.print(f"[red]error:[/] {exc}")
         return 1
     finally:

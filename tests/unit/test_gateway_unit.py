@@ -217,14 +217,20 @@ class FakeLookup:
 
 
 class FakeInference:
-    def __init__(self, fail=False):
-        self.fail, self.calls = fail, []
+    """Answers per target: ``answers[target] = (probability, version)``; targets in ``fail``
+    raise like a model server that timed out."""
 
-    async def infer(self, request_id, inputs):
+    def __init__(self, fail=False, answers=None, failing=()):
+        self.fail, self.calls = fail, []
+        self.answers = answers or {}
+        self.failing = set(failing)
+
+    async def infer_batch(self, request_id, rows, target=None):
         self.calls.append(request_id)
-        if self.fail:
+        if self.fail or target in self.failing:
             raise ModelServerError("model server at http://x timed out")
-        return 0.73, "5"
+        probability, version = self.answers.get(target, (0.73, "5"))
+        return [probability] * len(rows), version
 
 
 class FakeLog:

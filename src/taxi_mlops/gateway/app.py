@@ -5,8 +5,13 @@
 field; a dependency that is down is a 503 saying which, within ``Settings.request_timeout_s``.
 Nothing here knows how the model computes.
 
+The control plane (issue 7): ``/routing`` (split, shadow, fallback, ensemble), ``/experiments``
+(sequential-test rollout) and ``/models`` (served versions, promote, rollback, reload).
+Reads are open; every call that changes state needs the admin bearer token (``auth``).
+
 Layered like KServe's REST server: this module holds the routes and small ``register_*``
-functions; the prediction itself is ``predictor.Predictor``, the ASGI layers are in
+functions; the prediction is ``predictor.Predictor``, which model answers is
+``router.Router``, the control plane is ``control.Control``, the ASGI layers are in
 ``middleware``, error responses in ``errors`` and the metric objects in ``metrics``.
 """
 
@@ -20,22 +25,27 @@ import sys
 import time
 from contextlib import asynccontextmanager
 
-from fastapi import FastAPI, Request
+from fastapi import BackgroundTasks, Body, Depends, FastAPI, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse, Response
-from pydantic import ValidationError
+from pydantic import BaseModel, Field, ValidationError
 
+from taxi_mlops import security
 from taxi_mlops.gateway import metrics as gateway_metrics
+from taxi_mlops.gateway.auth import require_admin
 from taxi_mlops.gateway.errors import (DependencyDown, register_exception_handlers,  # noqa: F401 (public)
                                        validation_errors)
 from taxi_mlops.gateway.inference import InferenceClient
 from taxi_mlops.gateway.metrics import GatewayMetrics
 from taxi_mlops.gateway.middleware import (BodyLimit, MetricsMiddleware, RequestIdMiddleware,
                                            request_context)
-from taxi_mlops.gateway.predictor import Predictor
+from taxi_mlops.gateway.predictor import Predictor, default_policy
+from taxi_mlops.gateway.router import Router, RoutingPolicy
 from taxi_mlops.gateway.schemas import (MAX_BATCH, BatchRequest, BatchResponse, BatchResult,
                                         Prediction, Trip)
 from taxi_mlops.observability import logs
+from taxi_mlops.rollout.experiment import ExperimentSpec  # noqa: E402
 from taxi_mlops.settings import Settings, get_settings
 
 log = logging.getLogger("taxi_mlops.gateway")
@@ -53,10 +63,14 @@ def _lifespan(settings: Settings, metrics: GatewayMetrics | None):
         from taxi_mlops.streaming.prediction_log import PredictionLogger
 
         app.state.prediction_log = PredictionLogger(settings)  # never blocks, never raises
-        app.state.inference = InferenceClient(settings.model_server_url, settings.model_name,
+        app.state.inference = InferenceClient(settings.model_server_urls, settings.model_name,
                                               settings.request_timeout_s)
+        router = Router(default_policy(settings))
         app.state.predictor = Predictor(settings, lambda: FeatureLookup(settings),
-                                        app.state.inference, app.state.prediction_log, metrics)
+                                        app.state.inference, app.state.prediction_log, metrics,
+                                        router=router)
+        app.state.control = _control(settings, router)
+        routing_task = asyncio.create_task(_refresh_routing(app, settings))
         try:  # warm the Feast client now; if Redis is not up yet, the first request retries
             await app.state.predictor.feature_lookup()
         except Exception as exc:
@@ -66,6 +80,7 @@ def _lifespan(settings: Settings, metrics: GatewayMetrics | None):
             _check_metrics_mode(metrics)
             sync_task = asyncio.create_task(_sync_prediction_log(app, metrics))
         yield
+        routing_task.cancel()
         if sync_task is not None:
             sync_task.cancel()
         await app.state.inference.close()
@@ -75,6 +90,35 @@ def _lifespan(settings: Settings, metrics: GatewayMetrics | None):
             metrics.close()
 
     return lifespan
+
+
+def _control(settings: Settings, router: Router):
+    """The control plane, or None if the rollout store cannot be opened (then /predict
+    still answers with the default policy, and the control routes say why they cannot)."""
+    from taxi_mlops.gateway.control import Control
+
+    try:
+        control = Control(settings, router)
+        control.refresh(force=True)
+        return control
+    except Exception as exc:
+        log.error("rollout store unavailable: routing stays on the default policy",
+                  extra={"store": str(settings.rollout_db), "error": str(exc)})
+        return None
+
+
+async def _refresh_routing(app: FastAPI, settings: Settings) -> None:
+    """Every ``routing_refresh_s``: pick up policy and experiment changes made through any
+    worker or the label join (a decided experiment stops routing within a second)."""
+    while True:
+        await asyncio.sleep(settings.routing_refresh_s)
+        control = app.state.control
+        if control is None:
+            continue
+        try:
+            await run_in_threadpool(control.refresh)
+        except Exception as exc:  # a locked or vanished store must not stop the loop
+            log.warning("routing refresh failed", extra={"error": str(exc)})
 
 
 def _check_metrics_mode(metrics: GatewayMetrics) -> None:
@@ -109,9 +153,10 @@ def register_predict_routes(app: FastAPI) -> None:
     @app.post("/predict", response_model=Prediction, responses={
         422: {"description": "Invalid trip: each error names its field."},
         503: {"description": "A dependency (feature store or model server) is unavailable."}})
-    async def predict(trip: Trip, request: Request) -> Prediction:
+    async def predict(trip: Trip, request: Request, background: BackgroundTasks) -> Prediction:
         ctx = request_context(request.scope)
-        return await request.app.state.predictor.predict(trip, ctx["request_id"], ctx)
+        return await request.app.state.predictor.predict(trip, ctx["request_id"], ctx,
+                                                         defer=background.add_task)
 
 
 def register_batch_routes(app: FastAPI) -> None:
@@ -158,6 +203,99 @@ def register_health_routes(app: FastAPI, settings: Settings) -> None:
                                      "prediction_log": state.prediction_log.counters()})
 
 
+class PromoteRequest(BaseModel):
+    version: str = Field(..., pattern=r"^[A-Za-z0-9_.-]{1,64}$", description="A version number or an alias.")
+    reason: str = Field("", max_length=500)
+
+
+class RollbackRequest(BaseModel):
+    reason: str = Field("", max_length=500)
+
+
+def _control_of(request: Request):
+    control = request.app.state.control
+    if control is None:
+        raise DependencyDown("rollout_store", f"the rollout store at {request.app.state.settings.rollout_db} "
+                                              "could not be opened; see the gateway log")
+    return control
+
+
+def register_routing_routes(app: FastAPI) -> None:
+    @app.get("/routing")
+    async def get_routing(request: Request):
+        return _control_of(request).routing()
+
+    @app.put("/routing", responses={401: {"description": "No bearer token."},
+                                    403: {"description": "Wrong bearer token."},
+                                    422: {"description": "Invalid policy: each error names its field."}})
+    async def put_routing(policy: RoutingPolicy, request: Request, actor: str = Depends(require_admin)):
+        """Set the base policy: split (sticky A/B/N), shadow, fallback, ensemble."""
+        control = _control_of(request)
+        result = await run_in_threadpool(control.set_routing, policy)
+        log.info("routing policy set", extra={"actor": actor, "policy": policy.model_dump()})
+        return result
+
+
+def register_experiment_routes(app: FastAPI) -> None:
+    @app.get("/experiments")
+    async def list_experiments(request: Request):
+        return {"experiments": await run_in_threadpool(_control_of(request).experiments)}
+
+    @app.get("/experiments/{experiment_id}")
+    async def get_experiment(experiment_id: str, request: Request):
+        return await run_in_threadpool(_control_of(request).experiment, experiment_id)
+
+    @app.post("/experiments", status_code=201, responses={
+        401: {"description": "No bearer token."}, 403: {"description": "Wrong bearer token."},
+        409: {"description": "An experiment is already running for this model."},
+        422: {"description": "Invalid spec, or a target that is not registered: the field is named."}})
+    async def start_experiment(request: Request, body: dict = Body(default_factory=dict,
+                                                                   examples=[{"control": "champion", "treatment": "challenger",
+                                                                              "split": {"control": 0.5, "treatment": 0.5},
+                                                                              "metric": "accuracy", "alpha": 0.05}]),
+                               actor: str = Depends(require_admin)):
+        """Split traffic between two versions until a sequential test decides (fields: see
+        ``ExperimentSpec``; ``model_name`` defaults to the served model)."""
+        try:
+            spec = ExperimentSpec.from_request(body, request.app.state.settings.model_name)
+        except ValidationError as exc:
+            raise RequestValidationError(exc.errors()) from exc
+        return await run_in_threadpool(_control_of(request).start_experiment, spec, actor)
+
+    @app.post("/experiments/{experiment_id}/stop")
+    async def stop_experiment(experiment_id: str, request: Request, actor: str = Depends(require_admin)):
+        return await run_in_threadpool(_control_of(request).stop_experiment, experiment_id, actor)
+
+
+def register_model_routes(app: FastAPI) -> None:
+    @app.get("/models")
+    async def served_models(request: Request):
+        """The model servers' versions and aliases."""
+        try:
+            return await request.app.state.inference.versions()
+        except Exception as exc:
+            raise DependencyDown("model_server", str(exc)) from exc
+
+    @app.post("/models/promote")
+    async def promote(body: PromoteRequest, request: Request, actor: str = Depends(require_admin)):
+        """Move the champion alias to ``version``; the old champion becomes ``previous``."""
+        return await run_in_threadpool(_control_of(request).promote, body.version, actor,
+                                       body.reason or "manual promotion")
+
+    @app.post("/models/rollback")
+    async def rollback(request: Request, body: RollbackRequest | None = None,
+                       actor: str = Depends(require_admin)):
+        """Move the champion alias back to ``previous``."""
+        reason = (body.reason if body else "") or "manual rollback"
+        return await run_in_threadpool(_control_of(request).rollback, actor, reason)
+
+    @app.post("/models/reload")
+    async def reload(request: Request, actor: str = Depends(require_admin)):
+        """Make every model-server replica reread the registry now (no wait for its poll)."""
+        token = security.read_token(request.app.state.settings)
+        return {"replicas": await request.app.state.inference.refresh(token)}
+
+
 def register_metrics_route(app: FastAPI, metrics: GatewayMetrics) -> None:
     @app.get("/metrics", include_in_schema=False)
     async def prometheus_metrics(request: Request):
@@ -177,11 +315,16 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         lifespan=_lifespan(settings, metrics),
     )
     app.state.metrics = metrics
+    app.state.settings = settings
+    app.state.control = None
     register_middleware(app, metrics)
     register_exception_handlers(app)
     register_predict_routes(app)
     register_batch_routes(app)
     register_health_routes(app, settings)
+    register_routing_routes(app)
+    register_experiment_routes(app)
+    register_model_routes(app)
     if metrics is not None:
         register_metrics_route(app, metrics)
     return app

@@ -127,6 +127,11 @@ class GatewayMetrics:
                                    "buffer full, closed, or undeliverable.", registry=r)
         self.log_sent = Counter("taxi_gateway_prediction_log_sent", "Prediction logs acknowledged "
                                 "by Kafka.", registry=r)
+        self.routed = Counter("taxi_gateway_routed", "Answers by routing policy, variant and "
+                              "experiment ('none' outside an experiment).",
+                              ["policy", "variant", "experiment"], registry=r)
+        self.fallbacks = Counter("taxi_gateway_fallbacks", "Answers given by the fallback target "
+                                 "because the primary failed.", ["target", "fallback"], registry=r)
         self.stage_children = {s: self.stage.labels(stage=s) for s in STAGES}
         self._request_children: dict = {}
         self._duration_children: dict = {}
@@ -155,6 +160,12 @@ class GatewayMetrics:
         self.probability.labels(version).observe(probability)
         for name in defaulted:
             self.defaulted.labels(name).inc()
+
+    def record_route(self, policy: str, variant: str, experiment_id: str | None) -> None:
+        self.routed.labels(policy, variant, experiment_id or "none").inc()
+
+    def record_fallback(self, target: str, fallback: str) -> None:
+        self.fallbacks.labels(target, fallback).inc()
 
     # ---- prediction log --------------------------------------------------------------------
     def sync_prediction_log(self, counters: dict) -> None:

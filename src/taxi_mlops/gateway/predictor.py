@@ -1,14 +1,18 @@
-"""One prediction without HTTP: features for a trip, the model's answer, the prediction log.
+"""One prediction without HTTP: features for a trip, the routed model's answer, the log.
 
 The route only turns a request into a ``Trip`` and a ``Prediction`` into a response; what a
 prediction *is* lives here, so it can be read (and exercised) without a web framework.
-Failures of a dependency are ``DependencyDown`` naming it; the prediction log never fails
-a prediction (``PredictionLogger.log`` never blocks nor raises).
+Which model answers is the ``Router``'s ``Plan`` (split variant, fallback, ensemble, shadow);
+this module carries it out: a failed primary is answered by the fallback (marked), an
+ensemble by the mean of its members, a shadow is mirrored after the response and logged,
+never returned. Failures of a dependency are ``DependencyDown`` naming it; the prediction log
+never fails a prediction (``PredictionLogger.log`` never blocks nor raises).
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
 from datetime import datetime, timezone
@@ -20,32 +24,46 @@ from taxi_mlops.features import schema
 from taxi_mlops.gateway.errors import DependencyDown
 from taxi_mlops.gateway.inference import ModelServerError
 from taxi_mlops.gateway.metrics import GatewayMetrics
-from taxi_mlops.gateway.schemas import ModelInfo, Prediction, Trip
+from taxi_mlops.gateway.router import Plan, Router, RoutingPolicy, VariantSpec
+from taxi_mlops.gateway.schemas import ModelInfo, Prediction, RoutingInfo, Trip
 from taxi_mlops.observability import logs
 from taxi_mlops.settings import Settings
 from taxi_mlops.features import realtime
-from taxi_mlops.streaming.events import PredictionLogV1
+from taxi_mlops.streaming.events import PredictionLogV2
 
 log = logging.getLogger("taxi_mlops.gateway")
 
 
+SHADOW_MAX_IN_FLIGHT = 64  # mirrors past this are skipped (counted), never queued without bound
+
+
+def default_policy(settings: Settings) -> RoutingPolicy:
+    """Everything to the serving alias: what the gateway did before routing existed."""
+    alias = settings.serving_alias
+    return RoutingPolicy(split=[VariantSpec(name=alias, target=alias, weight=1.0)])
+
+
 class Predictor:
-    """``predict(trip, request_id)``: lookup -> inference -> ``Prediction`` -> log.
+    """``predict(trip, request_id)``: lookup -> route -> inference -> ``Prediction`` -> log.
 
     ``lookup_factory`` builds the feature lookup (``FeatureLookup(settings)``) on first use,
-    so the gateway starts even if Redis is not up yet. ``inference`` has ``infer(request_id,
-    inputs) -> (probability, version)``; ``prediction_log`` has ``log(entry)``. ``metrics``
-    is None when metrics are off: then nothing is timed or recorded.
+    so the gateway starts even if Redis is not up yet. ``inference`` has ``infer_batch(
+    request_id, rows, target) -> (probabilities, version)``; ``prediction_log`` has
+    ``log(entry)``; ``router`` has ``route(trip) -> Plan``. ``metrics`` is None when metrics
+    are off: then nothing is timed or recorded.
     """
 
     def __init__(self, settings: Settings, lookup_factory: Callable[[], object], inference,
-                 prediction_log, metrics: GatewayMetrics | None = None):
+                 prediction_log, metrics: GatewayMetrics | None = None, router: Router | None = None):
         self.settings = settings
         self._lookup_factory = lookup_factory
         self._lookup = None
         self.inference = inference
         self.prediction_log = prediction_log
         self.metrics = metrics
+        self.router = router or Router(default_policy(settings))
+        self._shadow_tasks: set[asyncio.Task] = set()
+        self.shadow_counts = {"sent": 0, "failed": 0, "skipped": 0}
 
     async def feature_lookup(self):
         """The Feast client, built on first use (a Feast client takes seconds to build)."""
@@ -74,28 +92,132 @@ class Predictor:
         except Exception as exc:  # Feast raises many types for a down Redis
             raise DependencyDown("feature_store", f"feature store unavailable: {exc}") from exc
 
+    # ---- carrying out a plan ---------------------------------------------------------------
+    async def _answer(self, plan: Plan, request_id: str, rows: list[dict]) -> tuple[list[float], str | None, bool]:
+        """(probabilities, version, fallback_used) for ``rows`` under ``plan``."""
+        if plan.ensemble:
+            results = await asyncio.gather(
+                *(self.inference.infer_batch(request_id, rows, t) for t in plan.ensemble),
+                return_exceptions=True)
+            answered = [r for r in results if not isinstance(r, BaseException)]
+            if not answered:
+                raise DependencyDown("model_server", f"no ensemble member answered: {results[0]}")
+            probabilities = [sum(p[i] for p, _ in answered) / len(answered) for i in range(len(rows))]
+            version = "+".join(v or "?" for _, v in answered)
+            return probabilities, version, len(answered) < len(results)
+        try:
+            probabilities, version = await self.inference.infer_batch(request_id, rows, plan.target)
+            return probabilities, version, False
+        except ModelServerError as exc:
+            if not plan.fallback:
+                raise DependencyDown("model_server", str(exc)) from exc
+            log.warning("primary target failed; answering from the fallback",
+                        extra={"target": plan.target, "fallback": plan.fallback, "error": str(exc)[:200]})
+            try:
+                probabilities, version = await self.inference.infer_batch(request_id, rows, plan.fallback)
+            except ModelServerError as exc2:
+                raise DependencyDown("model_server", f"{exc}; fallback {plan.fallback!r}: {exc2}") from exc2
+            if self.metrics is not None:
+                self.metrics.record_fallback(plan.target, plan.fallback)
+            return probabilities, version, True
+
+    def _mirror(self, plan: Plan, request_id: str, trip: Trip, inputs: dict, features_used: dict,
+                defer: Callable | None) -> bool:
+        """Send the shadow request after the response (``defer``: Starlette's background
+        tasks) or as a task of its own; never more than ``SHADOW_MAX_IN_FLIGHT`` at once."""
+        if plan.shadow is None:
+            return False
+        if len(self._shadow_tasks) >= SHADOW_MAX_IN_FLIGHT:
+            self.shadow_counts["skipped"] += 1
+            return False
+        # A partial of the coroutine function: Starlette awaits it (a lambda would be run in a
+        # thread, returning a coroutine nobody awaits).
+        run = functools.partial(self._shadow, plan, request_id, trip, inputs, features_used)
+        if defer is not None:
+            defer(run)
+        else:
+            task = asyncio.get_running_loop().create_task(run())
+            self._shadow_tasks.add(task)
+            task.add_done_callback(self._shadow_tasks.discard)
+        return True
+
+    async def _shadow(self, plan: Plan, request_id: str, trip: Trip, inputs: dict, features_used: dict) -> None:
+        """The mirrored request: logged with ``shadow=True``, its answer goes nowhere else."""
+        started = time.perf_counter()
+        shadow_id = f"{request_id}-shadow"
+        try:
+            (probability,), version = await self.inference.infer_batch(shadow_id, [inputs], plan.shadow)
+        except Exception as exc:  # a shadow never affects anything but its own counter
+            self.shadow_counts["failed"] += 1
+            log.info("shadow request failed", extra={"target": plan.shadow, "error": str(exc)[:200]})
+            return
+        self.shadow_counts["sent"] += 1
+        probability = min(max(probability, 0.0), 1.0)
+        self._log(trip, shadow_id, features_used, version, _alias(plan.shadow), probability,
+                  round((time.perf_counter() - started) * 1000, 3), variant="shadow", plan=plan,
+                  shadow=True, fallback=False)
+        if self.metrics is not None:
+            self.metrics.record_prediction(self.settings.model_name, version, "shadow", probability, [])
+
+    # ---- one trip, many trips ----------------------------------------------------------------
+    async def predict(self, trip: Trip, request_id: str, context: dict | None = None,
+                      defer: Callable | None = None) -> Prediction:
+        """``context`` (the request's dict, if any) receives ``model_version`` for the access
+        log; ``defer(fn)`` runs ``fn()`` after the response is sent (the shadow mirror)."""
+        metrics = self.metrics
+        started = time.perf_counter()
+        store_features, defaulted = await self.features_for(trip)
+        t_features = time.perf_counter()
+        inputs = schema.model_inputs(trip.model_dump(), store_features)
+        plan = self.router.route(trip.model_dump())
+        (probability,), version, fell_back = await self._answer(plan, request_id, [inputs])
+        t_inference = time.perf_counter()
+        if context is not None:
+            context["model_version"] = version
+        latency_ms = round((t_inference - started) * 1000, 3)
+        t_log = time.perf_counter()
+        with logs.bound(model_version=version, variant=plan.variant):
+            prediction = self._finish(trip, request_id, inputs, store_features, defaulted,
+                                      probability, version, latency_ms, plan, fell_back)
+            prediction.routing.shadowed = self._mirror(plan, request_id, trip, inputs,
+                                                       prediction.features_used, defer)
+        if metrics is not None:
+            metrics.observe_stage("feature_lookup", t_features - started)
+            metrics.observe_stage("inference", t_inference - t_features)
+            metrics.observe_stage("prediction_log", time.perf_counter() - t_log)
+        return prediction
+
     async def predict_batch(self, trips: list[Trip], request_id: str) -> list[Prediction]:
-        """Many trips with one feature read and one model call; each answer and log record
-        gets its own request id (``<request_id>-<index>``), so lineage works per trip."""
+        """Many trips with one feature read and one model call per routed target; each answer
+        and log record gets its own request id (``<request_id>-<index>``), so lineage works
+        per trip. Batches are not mirrored to a shadow (scoring files is not live traffic)."""
         if not trips:
             return []
         started = time.perf_counter()
         looked_up = await self.features_for_many(trips)
         t_features = time.perf_counter()
         inputs = [schema.model_inputs(t.model_dump(), f) for t, (f, _) in zip(trips, looked_up)]
-        try:
-            probabilities, version = await self.inference.infer_batch(request_id, inputs)
-        except ModelServerError as exc:
-            raise DependencyDown("model_server", str(exc)) from exc
+        plans = [self.router.route(t.model_dump()) for t in trips]
+        groups: dict[tuple, list[int]] = {}
+        for i, plan in enumerate(plans):
+            groups.setdefault((plan.target, plan.fallback, plan.ensemble), []).append(i)
+        answers = await asyncio.gather(*(
+            self._answer(plans[idx[0]], request_id if len(groups) == 1 else f"{request_id}-g{g}",
+                         [inputs[i] for i in idx]) for g, idx in enumerate(groups.values())))
+        per_trip: dict[int, tuple[float, str | None, bool]] = {}
+        for idx, (probabilities, version, fell_back) in zip(groups.values(), answers):
+            for i, probability in zip(idx, probabilities):
+                per_trip[i] = (probability, version, fell_back)
         t_inference = time.perf_counter()
         latency_ms = round((t_inference - started) * 1000, 3)
         predictions = []
         t_log = time.perf_counter()
-        with logs.bound(model_version=version):
-            for i, (trip, (store_features, defaulted), row, probability) in enumerate(
-                    zip(trips, looked_up, inputs, probabilities)):
+        for i, (trip, (store_features, defaulted), row) in enumerate(zip(trips, looked_up, inputs)):
+            probability, version, fell_back = per_trip[i]
+            with logs.bound(model_version=version):
                 predictions.append(self._finish(trip, f"{request_id}-{i}", row, store_features,
-                                                defaulted, probability, version, latency_ms))
+                                                defaulted, probability, version, latency_ms,
+                                                plans[i], fell_back))
         if self.metrics is not None:
             self.metrics.observe_stage("feature_lookup", t_features - started)
             self.metrics.observe_stage("inference", t_inference - t_features)
@@ -104,49 +226,45 @@ class Predictor:
 
     def _finish(self, trip: Trip, request_id: str, inputs: dict, store_features: dict,
                 defaulted: list[str], probability: float, version: str | None,
-                latency_ms: float) -> Prediction:
+                latency_ms: float, plan: Plan, fell_back: bool) -> Prediction:
         """The answer for one trip, logged and counted."""
         settings = self.settings
         features_used = {**inputs, **{n: store_features[n] for n in realtime.REALTIME_FEATURES}}
         probability = min(max(probability, 0.0), 1.0)
+        answered_by = plan.fallback if fell_back and plan.fallback else plan.target
+        alias = "ensemble" if plan.ensemble else _alias(answered_by)
         prediction = Prediction(
             request_id=request_id, trip_id=trip.trip_id, tip_probability=probability,
             big_tipper=probability >= 0.5,
-            model=ModelInfo(name=settings.model_name, version=version, alias=settings.serving_alias),
+            model=ModelInfo(name=settings.model_name, version=version, alias=alias,
+                            variant=plan.variant),
+            routing=RoutingInfo(policy=plan.policy, variant=plan.variant, target=answered_by,
+                                experiment_id=plan.experiment_id, fallback=fell_back,
+                                sticky=plan.sticky, ensemble=list(plan.ensemble)),
             features_used=features_used, defaulted_features=defaulted, latency_ms=latency_ms)
-        self.prediction_log.log(PredictionLogV1(
-            request_id=request_id, trip_id=trip.trip_id, features=features_used,
-            model_name=settings.model_name, model_version=version or "",
-            model_alias=settings.serving_alias, tip_probability=probability,
-            latency_ms=latency_ms, timestamp=datetime.now(timezone.utc),
-            event_time=(datetime.fromtimestamp(trip.trip_start_timestamp, timezone.utc)
-                        if trip.trip_start_timestamp is not None else None)))
+        self._log(trip, request_id, features_used, version, alias, probability, latency_ms,
+                  variant=plan.variant, plan=plan, shadow=False, fallback=fell_back)
         if self.metrics is not None:
-            self.metrics.record_prediction(settings.model_name, version, settings.serving_alias,
+            self.metrics.record_prediction(settings.model_name, version, alias or "version",
                                            probability, defaulted)
+            self.metrics.record_route(plan.policy, plan.variant, plan.experiment_id)
         return prediction
 
-    async def predict(self, trip: Trip, request_id: str, context: dict | None = None) -> Prediction:
-        """``context`` (the request's dict, if any) receives ``model_version`` for the access log."""
-        metrics = self.metrics
-        started = time.perf_counter()
-        store_features, defaulted = await self.features_for(trip)
-        t_features = time.perf_counter()
-        inputs = schema.model_inputs(trip.model_dump(), store_features)
-        try:
-            probability, version = await self.inference.infer(request_id, inputs)
-        except ModelServerError as exc:
-            raise DependencyDown("model_server", str(exc)) from exc
-        t_inference = time.perf_counter()
-        if context is not None:
-            context["model_version"] = version
-        latency_ms = round((t_inference - started) * 1000, 3)
-        t_log = time.perf_counter()
-        with logs.bound(model_version=version):
-            prediction = self._finish(trip, request_id, inputs, store_features, defaulted,
-                                      probability, version, latency_ms)
-        if metrics is not None:
-            metrics.observe_stage("feature_lookup", t_features - started)
-            metrics.observe_stage("inference", t_inference - t_features)
-            metrics.observe_stage("prediction_log", time.perf_counter() - t_log)
-        return prediction
+    def _log(self, trip: Trip, request_id: str, features_used: dict, version: str | None,
+             alias: str | None, probability: float, latency_ms: float, *, variant: str,
+             plan: Plan, shadow: bool, fallback: bool) -> None:
+        self.prediction_log.log(PredictionLogV2(
+            request_id=request_id, trip_id=trip.trip_id, features=features_used,
+            model_name=self.settings.model_name, model_version=version or "",
+            model_alias=alias, tip_probability=probability, latency_ms=latency_ms,
+            timestamp=datetime.now(timezone.utc),
+            event_time=(datetime.fromtimestamp(trip.trip_start_timestamp, timezone.utc)
+                        if trip.trip_start_timestamp is not None else None),
+            variant=variant, experiment_id=plan.experiment_id,
+            policy="shadow" if shadow else ("fallback" if fallback else plan.policy),
+            shadow=shadow, fallback=fallback))
+
+
+def _alias(target: str | None) -> str | None:
+    """A target that is not a version number is an alias."""
+    return None if target is None or target.isdigit() else target

@@ -80,8 +80,23 @@ class Trip(BaseModel):
 
 class ModelInfo(BaseModel):
     name: str
-    version: str | None
-    alias: str
+    version: str | None = Field(..., description="The version that answered ('3+5': an ensemble).")
+    alias: str | None = Field(..., description="The alias it was reached by (None: a pinned version).")
+    variant: str | None = Field(None, description="The routing variant that answered.")
+
+
+class RoutingInfo(BaseModel):
+    """How the request was routed (gateway/router.py)."""
+
+    policy: str = Field(..., description="single | split | ensemble")
+    variant: str
+    target: str = Field(..., description="The alias or version asked (the fallback's, if it answered).")
+    experiment_id: str | None = None
+    fallback: bool = Field(False, description="The primary failed; the fallback answered.")
+    sticky: bool = Field(True, description="False: no sticky key in the request; assigned at random.")
+    ensemble: list[str] = Field(default_factory=list)
+    shadowed: bool = Field(False, description="A mirror of this request goes to the shadow "
+                                              "model after the response (never returned).")
 
 
 class Prediction(BaseModel):
@@ -90,6 +105,7 @@ class Prediction(BaseModel):
     tip_probability: float = Field(..., ge=0, le=1)
     big_tipper: bool = Field(..., description="tip_probability >= 0.5: a tip above 20% of the fare.")
     model: ModelInfo
+    routing: RoutingInfo
     features_used: dict[str, float | int | str] = Field(
         ..., description="Model inputs (raw trip + batch store features) and the realtime area "
                          "features from the stream processor (area_trips_15m, ...).")

@@ -56,8 +56,11 @@ def scrape_targets(settings: Settings) -> list[tuple[str, str, str]]:
         ("pushgateway", f"{h}:{settings.pushgateway_port}", "pushgateway"),
         ("alert_receiver", f"{h}:{settings.alert_receiver_port}", "alert_receiver"),
         ("gateway", f"{h}:{settings.gateway_port}", "gateway"),
-        ("model_server", f"{h}:{settings.model_server_port}", "model_server"),
     ]
+    # one target per replica, component = the replica's service name (stack/services.py)
+    targets += [("model_server", f"{h}:{settings.model_server_port + i}",
+                 "model_server" if i == 0 else f"model_server-{i}")
+                for i in range(settings.model_server_replicas)]
     if not settings.mlflow_external_uri:
         targets.append(("mlflow", f"{h}:{settings.mlflow_port}", "mlflow"))
     if kafka_is_local(settings):

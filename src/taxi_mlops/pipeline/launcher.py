@@ -29,6 +29,11 @@ from taxi_mlops.stack.process import child_env
 
 log = logging.getLogger(__name__)
 
+# Model families the pipeline trains (keys of pipeline.FAMILIES, which lives in the TFX
+# environment); checked here so a typo fails before the data step, not inside TFX.
+FAMILIES = ("dnn", "linear")
+DEFAULT_FAMILY = "dnn"
+
 
 class PipelineFailed(RuntimeError):
     pass
@@ -38,6 +43,7 @@ class PipelineFailed(RuntimeError):
 class TrainingResult:
     data_version: str
     seconds: float
+    family: str = DEFAULT_FAMILY
     components: list[str] = field(default_factory=list)
     log_path: str = ""
     component_seconds: dict[str, float] = field(default_factory=dict)
@@ -95,8 +101,15 @@ def pipeline_env(settings: Settings) -> dict[str, str]:
 
 
 def run_training(settings: Settings, progress: Callable[[dict], None] = lambda e: None,
-                 **overrides) -> TrainingResult:
-    """Run the pipeline; push its metrics to the Pushgateway whether it succeeds or fails."""
+                 family: str = DEFAULT_FAMILY, **overrides) -> TrainingResult:
+    """Run the pipeline; push its metrics to the Pushgateway whether it succeeds or fails.
+
+    ``family`` picks the model the Trainer builds (``dnn`` or ``linear``); everything up to
+    Transform is shared, so a second family on unchanged data reuses it from TFX's cache.
+    """
+    if family not in FAMILIES:
+        raise ValueError(f"unknown model family {family!r}; one of {list(FAMILIES)}")
+    overrides["family"] = family
     started = time.monotonic()
     timer = metrics.RunTimer()
 
@@ -169,7 +182,8 @@ def _run(settings: Settings, progress: Callable[[dict], None], started: float,
     config_path = settings.pipeline_root / "run_config.json"
     config_path.write_text(json.dumps(config, indent=2))
     log_path = settings.logs_dir / f"pipeline-{time.strftime('%Y%m%d-%H%M%S')}.log"
-    result = TrainingResult(data_version=version.md5, seconds=0.0, log_path=str(log_path))
+    result = TrainingResult(data_version=version.md5, seconds=0.0, log_path=str(log_path),
+                            family=config["family"])
     python = str(settings.resolved_pipeline_python())
     with log_path.open("w") as log_file:
         proc = subprocess.Popen(

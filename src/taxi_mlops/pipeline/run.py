@@ -1,7 +1,8 @@
 """Entry point of the TFX environment: ``python -m taxi_mlops.pipeline.run CONFIG.json``.
 
 The platform CLI writes the config and starts this in the Python 3.10 environment; it reads
-our progress lines (``PROGRESS {...}``) from stdout and keeps the full log.
+our progress lines (``PROGRESS {...}``) from stdout and keeps the full log. The config's keys
+are ``PipelineConfig``'s fields (``family`` among them: the model family the Trainer builds).
 """
 
 import json
@@ -36,7 +37,8 @@ def main(argv):
     logging.getLogger().addHandler(_ProgressHandler())
     cfg = PipelineConfig(**raw)
     pipeline = create_pipeline(cfg)
-    print("PROGRESS " + json.dumps({"components": [c.id for c in pipeline.components]}), flush=True)
+    print("PROGRESS " + json.dumps({"components": [c.id for c in pipeline.components],
+                                    "family": cfg.family}), flush=True)
     tfx.orchestration.LocalDagRunner().run(pipeline)
     print("PROGRESS " + json.dumps({"done": True}), flush=True)
     return 0

@@ -67,17 +67,30 @@ def _cell(value) -> str:
     return str(value)
 
 
-def model_card(name: str, data_version: str, metrics: dict[str, float], slices: dict | None = None) -> str:
-    lines = [f"# Model card: {name}", "",
-             "## Intended use",
-             "Predicts whether a Chicago taxi trip's tip exceeds 20% of its fare (`big_tipper`), "
-             "from the trip as known at its start plus the pickup area's and the company's "
-             "history (Feast). For ranking and monitoring demos on the public Chicago Taxi sample; "
-             "not for decisions about drivers or riders.", "",
-             "## Data",
-             f"DVC data version (md5) `{data_version}`: the 15,002-trip TFX Chicago Taxi sample, "
-             "2013-2016, split train/eval by TFX ExampleGen.", "",
-             "## Metrics (eval split)", "", "| metric | value |", "|---|---|"]
+# What each pipeline model family is (pipeline.FAMILIES holds their hyper-parameters).
+FAMILY_DESCRIPTIONS = {
+    "dnn": "Keras DNN (two ReLU hidden layers) on the TFT-transformed features.",
+    "linear": "logistic regression (no hidden layer) on the same TFT-transformed features.",
+}
+
+
+def model_card(name: str, data_version: str, metrics: dict[str, float], slices: dict | None = None,
+               family: str | None = None) -> str:
+    """``family`` (optional: cards written before families omit it) says which model this is,
+    since versions of different families share the registered model's name."""
+    lines = [f"# Model card: {name}", ""]
+    if family:
+        lines += ["## Model", f"Model family `{family}`: "
+                  f"{FAMILY_DESCRIPTIONS.get(family, 'see the run parameters.')}", ""]
+    lines += ["## Intended use",
+              "Predicts whether a Chicago taxi trip's tip exceeds 20% of its fare (`big_tipper`), "
+              "from the trip as known at its start plus the pickup area's and the company's "
+              "history (Feast). For ranking and monitoring demos on the public Chicago Taxi sample; "
+              "not for decisions about drivers or riders.", "",
+              "## Data",
+              f"DVC data version (md5) `{data_version}`: the 15,002-trip TFX Chicago Taxi sample, "
+              "2013-2016, split train/eval by TFX ExampleGen.", "",
+              "## Metrics (eval split)", "", "| metric | value |", "|---|---|"]
     lines += [f"| {k.removeprefix('eval_')} | {v:.4f} |" for k, v in sorted(metrics.items())]
     if slices:
         columns = list(dict.fromkeys(m for ms in slices.values() for m in ms))

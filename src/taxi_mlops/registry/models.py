@@ -73,3 +73,44 @@ def load_pyfunc(tracking_uri: str, ref: ModelRef, dst: Path):
     dst.mkdir(parents=True, exist_ok=True)
     model = mlflow.pyfunc.load_model(f"models:/{ref.name}/{ref.version}", dst_path=str(dst))
     return model.unwrap_python_model()
+
+
+@dataclass(frozen=True)
+class VersionInfo:
+    """One registered version as the model server's repository sees it."""
+
+    version: str
+    aliases: tuple[str, ...]
+    source: str
+    run_id: str
+    tags: dict
+
+
+def versions(tracking_uri: str, name: str) -> dict[str, VersionInfo]:
+    """Every version of ``name`` with its aliases and tags (the model server polls this);
+    ``{}`` when the model is not registered yet. The aliases come from the registered model:
+    ``search_model_versions`` leaves ``ModelVersion.aliases`` empty on the SQL store."""
+    try:
+        c = client(tracking_uri)
+        by_alias = dict(c.get_registered_model(name).aliases or {})
+        found = c.search_model_versions(f"name='{name}'")
+    except MlflowException as exc:
+        if exc.error_code in ("RESOURCE_DOES_NOT_EXIST", "NOT_FOUND"):
+            return {}
+        raise RegistryUnavailable(f"MLflow at {tracking_uri} did not answer: {exc.message[:200]}. "
+                                  "Is the stack up? `taxi-mlops up`") from exc
+    held: dict[str, list[str]] = {}
+    for alias, version in sorted(by_alias.items()):
+        held.setdefault(str(version), []).append(alias)
+    return {str(mv.version): VersionInfo(version=str(mv.version),
+                                         aliases=tuple(sorted(set(held.get(str(mv.version), []))
+                                                              | set(mv.aliases or ()))),
+                                         source=mv.source, run_id=mv.run_id or "",
+                                         tags=dict(mv.tags or {}))
+            for mv in found}
+
+
+def aliases(tracking_uri: str, name: str) -> dict[str, str]:
+    """alias -> version number for every alias of ``name``."""
+    return {alias: info.version for info in versions(tracking_uri, name).values()
+            for alias in info.aliases}

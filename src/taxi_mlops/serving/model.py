@@ -69,6 +69,29 @@ class TaxiTipModel(Model):
         log.info("loaded %s version %s (%s) as an MLflow pyfunc", self.registered_name, ref.version, self.alias)
         return self.ready
 
+    def load_ref(self, ref: models.ModelRef, recorder=None) -> bool:
+        """Load one version known by number (the version repository's path; ``load`` resolves
+        the alias itself). ``recorder`` counts this version's requests."""
+        self._model = models.load_pyfunc(self.tracking_uri, ref, self.cache_dir / f"v{ref.version}")
+        self.version = ref.version
+        if recorder is not None:
+            self._recorder = recorder
+        self.ready = True
+        log.info("loaded %s version %s as an MLflow pyfunc", self.registered_name, ref.version)
+        return self.ready
+
+    def warm(self) -> None:
+        """One prediction on a sample trip before the version answers anyone: TensorFlow
+        traces its graph on the first call, which must not be a caller's (nor a broken
+        model's first sign of life)."""
+        from taxi_mlops.samples import SAMPLE_TRIPS
+
+        row = schema.model_inputs(SAMPLE_TRIPS[0], {})
+        probabilities = self._model.predict_columns(
+            _columns({n: [v] for n, v in row.items()}, "v2")["columns"])
+        if len(probabilities) != 1:
+            raise RuntimeError(f"warm-up of version {self.version} returned {len(probabilities)} values")
+
     # ---- protocol metadata ------------------------------------------------------------------
     def get_input_types(self) -> list[dict]:
         return [{"name": n, "datatype": dt, "shape": [-1]} for n, dt in schema.SERVING_DTYPES.items()]

@@ -1,8 +1,21 @@
-"""Model server entry point: ``python -m taxi_mlops.serving.model_server``.
+"""Model server entry point: ``python -m taxi_mlops.serving.model_server [--replica N]``.
 
-A KServe ``ModelServer`` (v1 and Open Inference Protocol v2 over REST) hosting the tip model
-by registry alias. KServe binds to 0.0.0.0; the platform binds every server to one interface
-(127.0.0.1 by default), so the REST server's host is taken from ``Settings``.
+A KServe ``ModelServer`` (v1 and Open Inference Protocol v2 over REST) hosting every served
+version of the tip model at once (``serving/repository.py``: the aliased ones and the pinned
+ones, hot-swapped as the registry's aliases move). KServe binds to 0.0.0.0; the platform
+binds every server to one interface (127.0.0.1 by default), so the REST server's host is
+taken from ``Settings``. Replica N listens on ``model_server_port + N``.
+
+Routes (all on the REST port; ours are registered before KServe's, whose versioned v2 routes
+raise NotImplementedError in 0.15, and FastAPI answers with the first match):
+
+- KServe's unversioned ones (``/v2/models/{name}/infer``, ``/ready``, metadata, v1
+  ``:predict``) answer with the version holding ``settings.serving_alias``, looked up per
+  request (``ServedModel``).
+- ``POST /v2/models/{name}/versions/{ref}/infer``, ``GET .../versions/{ref}/ready`` and
+  ``GET .../versions/{ref}``: ``ref`` is a version number or an alias; 404 unknown, 503 loading.
+- ``GET /v2/models/{name}/versions``: the alias map and every hosted version's state.
+- ``POST /v2/models/{name}/refresh`` (admin bearer token): reread the registry now.
 
 Observability: ``/metrics`` on the REST port is KServe's handler over prometheus_client's
 default registry, which holds KServe's ``request_*_seconds{model_name}`` and our
@@ -16,9 +29,12 @@ KServe's own logging setup is turned off and its and uvicorn's loggers go throug
 
 from __future__ import annotations
 
+import argparse
+import asyncio
 import logging
 import os
 import sys
+import time
 
 from taxi_mlops.observability.metrics import MULTIPROC_VARS  # noqa: E402 (imports nothing else)
 
@@ -32,22 +48,151 @@ from prometheus_client import REGISTRY  # noqa: E402
 from prometheus_client.metrics import MetricWrapperBase  # noqa: E402
 from kserve.protocol.rest import server as rest_server  # noqa: E402
 
+from fastapi import APIRouter, FastAPI, Request  # noqa: E402
+from fastapi.responses import JSONResponse  # noqa: E402
+from kserve import InferRequest, Model  # noqa: E402
+from kserve.errors import ModelNotReady  # noqa: E402
+from kserve.model import InferenceVerb  # noqa: E402
+from kserve.protocol.rest.v2_datamodels import InferenceRequest, InferenceResponse  # noqa: E402
+from pydantic import ValidationError  # noqa: E402
+
+from taxi_mlops import security  # noqa: E402
 from taxi_mlops.observability import logs  # noqa: E402
-from taxi_mlops.serving.metrics import ModelServerMetrics  # noqa: E402
-from taxi_mlops.serving.model import TaxiTipModel  # noqa: E402
-from taxi_mlops.settings import get_settings  # noqa: E402
+from taxi_mlops.registry.models import VersionInfo  # noqa: E402
+from taxi_mlops.serving import repository as repo_mod  # noqa: E402
+from taxi_mlops.serving.metrics import ModelServerMetrics, RequestRecorder  # noqa: E402
+from taxi_mlops.serving.model import ModelNotRegistered, TaxiTipModel  # noqa: E402
+from taxi_mlops.serving.repository import NotReady, UnknownRef, VersionRepository  # noqa: E402
+from taxi_mlops.settings import Settings, get_settings  # noqa: E402
+
+log = logging.getLogger(__name__)
+
+REFRESH_WAIT_S = 60.0
 
 
-def _bind_rest_server_to(host: str) -> None:
+def _bind_rest_server_to(host: str, routes: APIRouter | None = None) -> None:
+    """KServe's REST server on ``host``, with ``routes`` matched before KServe's own."""
     class RESTServer(rest_server.RESTServer):
         def __init__(self, *args, **kwargs):
             super().__init__(*args, **kwargs)
             self.config.host = host
 
+        def _register_endpoints(self, app: FastAPI):
+            if routes is not None:
+                app.include_router(routes)
+            super()._register_endpoints(app)
+
     kserve_model_server.RESTServer = RESTServer
 
 
-def setup_logging(level: str) -> None:
+class ServedModel(Model):
+    """What KServe's unversioned routes see: the version holding the serving alias, resolved
+    per request from the repository's current view, so an alias move needs no restart and a
+    request in flight keeps the version it started with."""
+
+    def __init__(self, name: str, repository: VersionRepository, alias: str):
+        super().__init__(name)
+        self.repository, self.alias = repository, alias
+        self.ready = True  # KServe registers only ready models; healthy() tells the truth
+
+    async def healthy(self) -> bool:
+        try:
+            self.repository.resolve(self.alias)
+            return True
+        except (UnknownRef, NotReady):
+            return False
+
+    def get_input_types(self) -> list[dict]:
+        return TaxiTipModel.get_input_types(self)
+
+    def get_output_types(self) -> list[dict]:
+        return TaxiTipModel.get_output_types(self)
+
+    async def __call__(self, body, headers: dict | None = None, verb: InferenceVerb = InferenceVerb.PREDICT):
+        try:
+            _, model = self.repository.resolve(self.alias)
+        except (UnknownRef, NotReady) as exc:
+            raise ModelNotReady(self.name, str(exc)) from exc
+        return await model(body, headers=headers, verb=verb)
+
+
+def _error(status: int, message: str) -> JSONResponse:
+    return JSONResponse(status_code=status, content={"error": message})
+
+
+def version_routes(settings: Settings, repository: VersionRepository) -> APIRouter:
+    """The versioned v2 routes, the listing and the admin refresh (see the module docstring)."""
+    router = APIRouter(prefix="/v2/models/{model_name}")
+    name = settings.model_name
+
+    def resolve(model_name: str, ref: str) -> tuple[str, TaxiTipModel] | JSONResponse:
+        if model_name != name:
+            return _error(404, f"model {model_name!r} does not exist (this server hosts {name!r})")
+        try:
+            return repository.resolve(ref)
+        except UnknownRef as exc:
+            return _error(404, str(exc))
+        except NotReady as exc:
+            return _error(503, str(exc))
+
+    def aliases_of(version: str) -> list[str]:
+        return sorted(a for a, v in repository.view.aliases.items() if v == version)
+
+    @router.get("/versions")
+    async def listing(model_name: str):
+        if model_name != name:
+            return _error(404, f"model {model_name!r} does not exist (this server hosts {name!r})")
+        return repository.listing()
+
+    @router.post("/refresh")
+    async def refresh(model_name: str, request: Request):
+        try:
+            security.check_authorization(request.headers.get("authorization"),
+                                         security.read_token(settings))
+        except security.AuthError as exc:
+            return _error(exc.status, exc.message)
+        if model_name != name:
+            return _error(404, f"model {model_name!r} does not exist (this server hosts {name!r})")
+        return await asyncio.to_thread(repository.refresh, REFRESH_WAIT_S)
+
+    @router.get("/versions/{ref}")
+    async def metadata(model_name: str, ref: str):
+        found = resolve(model_name, ref)
+        if isinstance(found, JSONResponse):
+            return found
+        version, model = found
+        return {"name": name, "versions": [version], "model_version": version,
+                "aliases": aliases_of(version), "platform": "",
+                "inputs": model.get_input_types(), "outputs": model.get_output_types()}
+
+    @router.get("/versions/{ref}/ready")
+    async def ready(model_name: str, ref: str):
+        found = resolve(model_name, ref)
+        if isinstance(found, JSONResponse):
+            return found
+        version, _ = found
+        return {"name": name, "ready": True, "model_version": version, "aliases": aliases_of(version)}
+
+    @router.post("/versions/{ref}/infer")
+    async def infer(model_name: str, ref: str, request: Request):
+        found = resolve(model_name, ref)
+        if isinstance(found, JSONResponse):
+            return found
+        _, model = found
+        try:
+            body = InferenceRequest.model_validate_json(await request.body())
+        except ValidationError as exc:
+            return _error(400, f"not a v2 inference request: {exc}"[:1000])
+        infer_request = InferRequest.from_inference_request(body, model_name)
+        # InvalidInput from preprocess becomes 400 through KServe's app-level handler
+        response, _ = await model(infer_request, headers=dict(request.headers))
+        rest, _ = response.to_rest()
+        return InferenceResponse.model_validate(rest)
+
+    return router
+
+
+def setup_logging(level: str, component: str = "model_server") -> None:
     """Our JSON lines for everything; KServe must not install its own handlers.
 
     ``ModelServer()`` calls ``kserve.logging.configure_logging`` (plain-text handlers on the
@@ -57,7 +202,7 @@ def setup_logging(level: str) -> None:
     uvicorn's access line and KServe's timing lines (``kserve.trace``) are kept to warnings.
     """
     kserve_model_server.args.configure_logging = False
-    logs.setup("model_server", level)
+    logs.setup(component, level)
     logging.captureWarnings(True)  # library DeprecationWarnings as JSON lines too
     logging.getLogger("uvicorn.access").setLevel(logging.WARNING)
     logging.getLogger("kserve.trace").setLevel(logging.WARNING)
@@ -79,22 +224,73 @@ def _undo_feast_import() -> None:
                 pass
 
 
-def main() -> None:
+def loader(settings: Settings, metrics: ModelServerMetrics | None, replica: int):
+    """How the repository turns a registry version into a ready model: load the MLflow pyfunc,
+    attach its per-version request recorder, warm it with one prediction."""
+    cache = repo_mod.cache_dir(settings, replica)
+
+    def load(info: VersionInfo) -> TaxiTipModel:
+        ref = repo_mod.info_ref(settings.model_name, info)
+        model = TaxiTipModel(name=settings.model_name, tracking_uri=settings.mlflow_tracking_uri,
+                             registered_name=settings.model_name, alias=ref.alias, cache_dir=cache)
+        recorder = RequestRecorder(metrics, settings.model_name, info.version) if metrics else None
+        model.load_ref(ref, recorder)
+        model.warm()
+        _undo_feast_import()  # the first MLflow call may have imported feast
+        return model
+
+    return load
+
+
+def start_repository(settings: Settings, metrics: ModelServerMetrics | None,
+                     replica: int = 0) -> VersionRepository:
+    """The repository, with the serving alias's version loaded before the server opens (as
+    the single-model server did): no such alias is ``ModelNotRegistered``, a failed load of it
+    is fatal; the other versions load in the background."""
+    repository = VersionRepository(settings, repo_mod.mlflow_fetch(settings),
+                                   loader(settings, metrics, replica), metrics=metrics,
+                                   component=service_name(replica))
+    if not repository.poll():
+        raise RuntimeError(f"MLflow at {settings.mlflow_tracking_uri} did not answer")
+    alias = settings.serving_alias
+    version = repository.registry_aliases().get(alias)
+    if version is None:
+        raise ModelNotRegistered(
+            f"no version of {settings.model_name!r} has alias {alias!r} in MLflow at "
+            f"{settings.mlflow_tracking_uri}: run `taxi-mlops train` first")
+    deadline = time.monotonic() + max(settings.startup_timeout_s, 60.0)
+    while True:
+        try:
+            repository.resolve(alias)
+            break
+        except NotReady as exc:
+            if repository.state(version) == repo_mod.FAILED or time.monotonic() > deadline:
+                raise RuntimeError(f"cannot serve {settings.model_name}@{alias}: {exc}") from exc
+        repository.wait_settled(1.0)
+    repository.start()
+    return repository
+
+
+def service_name(replica: int) -> str:
+    return "model_server" if replica == 0 else f"model_server-{replica}"
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="taxi_mlops.serving.model_server")
+    parser.add_argument("--replica", type=int, default=0, help="replica index: port model_server_port + N")
+    args, _ = parser.parse_known_args(argv)
     settings = get_settings()
-    setup_logging(settings.log_level)
-    _bind_rest_server_to(settings.host)
-    model = TaxiTipModel(
-        name=settings.model_name,
-        tracking_uri=settings.mlflow_tracking_uri,
-        registered_name=settings.model_name,
-        alias=settings.serving_alias,
-        cache_dir=settings.state_dir / "model_server" / "models",
-        metrics=ModelServerMetrics() if settings.metrics_enabled else None,
-    )
-    model.load()
+    setup_logging(settings.log_level, service_name(args.replica))
+    metrics = ModelServerMetrics() if settings.metrics_enabled else None
+    repository = start_repository(settings, metrics, args.replica)
     _undo_feast_import()
-    kserve.ModelServer(http_port=settings.model_server_port, enable_grpc=False, workers=1,
-                       enable_latency_logging=False).start([model])
+    _bind_rest_server_to(settings.host, version_routes(settings, repository))
+    served = ServedModel(settings.model_name, repository, settings.serving_alias)
+    try:
+        kserve.ModelServer(http_port=settings.model_server_port + args.replica, enable_grpc=False,
+                           workers=1, enable_latency_logging=False).start([served])
+    finally:
+        repository.stop()
 
 
 if __name__ == "__main__":

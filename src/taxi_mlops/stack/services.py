@@ -64,15 +64,28 @@ def mlflow_service(settings: Settings) -> Service | None:
     )
 
 
-def model_server_service(settings: Settings) -> Service:
+def model_server_name(replica: int) -> str:
+    """Replica 0 keeps the historical name (logs/model_server.log, job component label)."""
+    return "model_server" if replica == 0 else f"model_server-{replica}"
+
+
+def model_server_service(settings: Settings, replica: int = 0) -> Service:
+    """One model-server process; replica N listens on ``model_server_port + N`` and hosts
+    every served version, like the others."""
+    url = f"http://{settings.host}:{settings.model_server_port + replica}"
     return Service(
-        name="model_server",
-        command=[sys.executable, "-m", "taxi_mlops.serving.model_server"],
-        healthy=lambda: http_ok(f"{settings.model_server_url}/v2/models/{settings.model_name}/ready"),
-        url=settings.model_server_url,
+        name=model_server_name(replica),
+        command=[sys.executable, "-m", "taxi_mlops.serving.model_server", "--replica", str(replica)],
+        healthy=lambda: http_ok(f"{url}/v2/models/{settings.model_name}/ready"),
+        url=url,
         env={**settings.as_env(), "TF_CPP_MIN_LOG_LEVEL": "2"},
-        details=lambda: _serving_details(settings),
+        details=lambda: _serving_details(settings, url),
     )
+
+
+def model_server_services(settings: Settings) -> list[Service]:
+    """Every replica (``settings.model_server_replicas``), replica 0 first."""
+    return [model_server_service(settings, i) for i in range(settings.model_server_replicas)]
 
 
 def gateway_service(settings: Settings) -> Service:
@@ -86,11 +99,16 @@ def gateway_service(settings: Settings) -> Service:
     )
 
 
-def _serving_details(settings: Settings) -> dict:
+def _serving_details(settings: Settings, url: str | None = None) -> dict:
+    """Model name, serving alias and the alias map the replica serves (its /versions)."""
+    url = url or settings.model_server_url
     try:
-        meta = httpx.get(f"{settings.model_server_url}/v2/models/{settings.model_name}",
-                         timeout=PROBE_TIMEOUT_S).json()
-        return {"model": meta.get("name"), "alias": settings.serving_alias}
+        meta = httpx.get(f"{url}/v2/models/{settings.model_name}", timeout=PROBE_TIMEOUT_S).json()
+        out = {"model": meta.get("name"), "alias": settings.serving_alias}
+        listing = httpx.get(f"{url}/v2/models/{settings.model_name}/versions", timeout=PROBE_TIMEOUT_S)
+        if listing.status_code == 200:
+            out["aliases"] = listing.json().get("aliases", {})
+        return out
     except (httpx.HTTPError, ValueError):
         return {}
 
@@ -116,7 +134,7 @@ def all_services(settings: Settings) -> list[Service]:
                 mlflow_service(settings),
                 processor_service(settings, instance=0), label_join_service(settings),
                 data_quality_service(settings),
-                model_server_service(settings), gateway_service(settings)]
+                *model_server_services(settings), gateway_service(settings)]
     return [s for s in services if s is not None]
 
 

@@ -13,6 +13,11 @@ neither loses nor double-counts a pair. One instance reads every partition (labe
 by area, predictions by trip id, so they cannot be co-partitioned); the load is one small
 message per prediction.
 
+Experiments (issue 7): a joined pair whose prediction was served under an experiment (not a
+shadow) is handed to ``rollout.ExperimentTracker``, which stores it (once, idempotently: the
+store, not this worker's window, is the experiment's memory) and runs the sequential test that
+promotes or rolls back the challenger.
+
 Metrics ([label_join] in the observability spec: counts consumed and joined, unmatched by
 kind, live accuracy/Brier/positive rate/joined per model name, version and alias) are served
 on ``settings.label_join_metrics_port``. A label or prediction that leaves the window without
@@ -29,6 +34,7 @@ import time
 from collections import deque
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
+from typing import Callable
 
 from taxi_mlops.streaming import metrics  # noqa: I001  (before anything imports Feast)
 from taxi_mlops.observability import logs
@@ -77,7 +83,9 @@ class JoinState:
     """Pending predictions and labels, and the joined pairs inside the window."""
 
     window_s: float
-    predictions: dict[str, dict[tuple[str, str], tuple[float, str | None, float]]] = field(default_factory=dict)
+    # trip_id -> {(model_name, version): (probability, alias, ts, experiment)}; experiment is
+    # (experiment_id, variant) for a non-shadow prediction served under an experiment.
+    predictions: dict[str, dict[tuple[str, str], tuple]] = field(default_factory=dict)
     labels: dict[str, tuple[int, float]] = field(default_factory=dict)
     joined: deque = field(default_factory=deque)  # (ts, model_key, prob, label)
     joined_keys: set = field(default_factory=set)  # (trip_id, model_key)
@@ -87,6 +95,9 @@ class JoinState:
     matched_labels: set = field(default_factory=set)  # trip_id
     matched_predictions: set = field(default_factory=set)  # (trip_id, model_key)
     unmatched: dict[str, int] = field(default_factory=lambda: {"label": 0, "prediction": 0})
+    # Called for each joined pair served under an experiment:
+    # (trip_id, experiment_id, variant, model_version, probability, label, ts).
+    on_experiment_pair: Callable | None = None
 
     def add_prediction(self, p: events.PredictionLog, ts: float) -> int:
         if not p.trip_id:
@@ -94,7 +105,10 @@ class JoinState:
             self.unmatched["prediction"] += 1  # it can never meet its label
             return 0
         key = (p.model_name, p.model_version)
-        self.predictions.setdefault(p.trip_id, {})[key] = (p.tip_probability, p.model_alias, ts)
+        experiment = None
+        if getattr(p, "experiment_id", None) and not getattr(p, "shadow", False):
+            experiment = (p.experiment_id, p.variant)
+        self.predictions.setdefault(p.trip_id, {})[key] = (p.tip_probability, p.model_alias, ts, experiment)
         label = self.labels.get(p.trip_id)
         return self._join(p.trip_id, label[0], max(ts, label[1])) if label else 0
 
@@ -104,7 +118,7 @@ class JoinState:
 
     def _join(self, trip_id: str, label: int, ts: float) -> int:
         joined = 0
-        for key, (prob, alias, _) in self.predictions.get(trip_id, {}).items():
+        for key, (prob, alias, _, experiment) in self.predictions.get(trip_id, {}).items():
             if (trip_id, key) in self.joined_keys:
                 continue  # a redelivered prediction or label
             window = self.models.setdefault(key, ModelWindow())
@@ -116,6 +130,8 @@ class JoinState:
             self.matched_labels.add(trip_id)
             self.matched_predictions.add((trip_id, key))
             joined += 1
+            if experiment is not None and self.on_experiment_pair is not None:
+                self.on_experiment_pair(trip_id, experiment[0], experiment[1], key[1], prob, label, ts)
         return joined
 
     def expire(self, now: float) -> None:
@@ -127,7 +143,7 @@ class JoinState:
         # Dicts keep arrival order, which is nearly time order: stop at the first recent entry
         # instead of scanning an hour of pending trips every second.
         for pending, first_ts in ((self.labels, lambda v: v[1]),
-                                  (self.predictions, lambda v: min(ts for _, _, ts in v.values()))):
+                                  (self.predictions, lambda v: min(entry[2] for entry in v.values()))):
             old = []
             for trip_id, value in pending.items():
                 if first_ts(value) >= cutoff:
@@ -158,6 +174,14 @@ class LabelJoin:
         self.consumer = Consumer(clients.consumer_config(self.bootstrap, NAME, GROUP))
         self.producer = events.EventProducer(self.bootstrap, NAME, **{"message.timeout.ms": 0})
         self.state = JoinState(window_s)
+        self.tracker = None
+        try:
+            from taxi_mlops.rollout.tracker import ExperimentTracker
+
+            self.tracker = ExperimentTracker(settings)
+            self.state.on_experiment_pair = self._observe_experiment
+        except Exception as exc:  # no store: joins and live metrics still run
+            log.error("rollout store unavailable, experiments are not evaluated: %s", exc)
         self.stop_event = threading.Event()
         self.phase = "starting"
         self.stats = {"predictions": 0, "labels": 0, "joined": 0, "dead_lettered": 0, "published": 0}
@@ -219,6 +243,14 @@ class LabelJoin:
             self.stats["labels"] += 1
             self.stats["joined"] += self.state.add_label(event, ts)
 
+    def _observe_experiment(self, trip_id, experiment_id, variant, version, prob, label, ts) -> None:
+        try:
+            self.tracker.observe(trip_id=trip_id, experiment_id=experiment_id, variant=variant,
+                                 model_version=version, probability=prob, label=label, ts=ts)
+        except Exception as exc:  # a locked store must not stop the join
+            self.stats["experiment_errors"] = self.stats.get("experiment_errors", 0) + 1
+            log.warning("experiment %s: observation not stored: %s", experiment_id, exc)
+
     def publish(self) -> None:
         for (name, version), window in self.state.models.items():
             if not window.changed:
@@ -233,6 +265,7 @@ class LabelJoin:
         return {"name": NAME, "phase": self.phase, **self.stats, "unjoinable": self.state.unjoinable,
                 "unmatched": dict(self.state.unmatched), "metrics": self.metrics_url,
                 "pending_predictions": len(self.state.predictions), "pending_labels": len(self.state.labels),
+                "experiments": dict(self.tracker.counts) if self.tracker else None,
                 "models": {f"{n}:{v}": {"n": w.n, "accuracy": (w.correct / w.n) if w.n else None}
                            for (n, v), w in list(self.state.models.items())}}
 

@@ -226,6 +226,33 @@ class LabelJoinMetrics(Collector):
                 families["brier"].add_metric(values, min(1.0, max(0.0, window.brier / n)))
                 families["positive_rate"].add_metric(values, window.positives / n)
         yield from families.values()
+        yield from self._experiments()
+
+    def _experiments(self):
+        """Per experiment arm: labels counted and the mean outcome; the test's effect and its
+        anytime-valid interval (what decides promotion)."""
+        arm = ["experiment", "variant", "model_version", "metric"]
+        labels = GaugeMetricFamily("taxi_experiment_labels", "Labels counted per experiment arm.", labels=arm)
+        mean = GaugeMetricFamily("taxi_experiment_outcome_mean", "Mean outcome per arm (accuracy, "
+                                 "or minus the log loss).", labels=arm)
+        effect = GaugeMetricFamily("taxi_experiment_effect", "Treatment minus control, with the "
+                                   "anytime-valid interval bounds (bound=estimate|low|high).",
+                                   labels=["experiment", "bound", "status"])
+        tracker = getattr(self.worker, "tracker", None)
+        for summary in tracker.summaries() if tracker is not None else []:
+            eid, metric = summary["experiment_id"], summary["metric"]
+            for variant, version in summary["versions"].items():
+                values = [eid, variant, version, metric]
+                labels.add_metric(values, summary["n"][variant])
+                if summary["mean"][variant] is not None:
+                    mean.add_metric(values, summary["mean"][variant])
+            decision = summary["decision"]
+            for bound, key in (("estimate", "effect"), ("low", "ci_low"), ("high", "ci_high")):
+                if decision.get(key) is not None:
+                    effect.add_metric([eid, bound, summary["status"]], decision[key])
+        yield labels
+        yield mean
+        yield effect
 
 
 # ---- the data-quality worker's metrics ------------------------------------------------------

@@ -193,8 +193,12 @@ def replay(settings: Settings, speed: float | str = 0, retime: bool = False, lim
            progress: Callable[[str], None] = print, *, max_rate: float | None = None,
            csv_path: Path | None = None, flush_timeout_s: float = 300.0,
            predict_url: str | None = None, predict_concurrency: int = 8,
-           predict_timeout_s: float = 2.0) -> dict:
+           predict_timeout_s: float = 2.0, id_prefix: str = "") -> dict:
     """Send the CSV's trips and labels; returns counts once every event is acknowledged.
+
+    ``id_prefix`` is put before every trip id: trip ids are row numbers, so a second replay of
+    the same rows is, to the consumers, the same trips again (de-duplicated); a prefix makes
+    them new trips (an experiment replayed on fresh traffic).
 
     With ``predict_url`` each trip also goes to the gateway's ``/predict`` at its start
     (``GatewayPredictor``); the result then has ``predict_sent/ok/failed/skipped``.
@@ -208,6 +212,8 @@ def replay(settings: Settings, speed: float | str = 0, retime: bool = False, lim
     trips = tables.load_trips(csv_path).sort_values(["event_timestamp", "trip_id"], kind="stable")
     if limit is not None:
         trips = trips.head(limit)
+    if id_prefix:
+        trips = trips.assign(trip_id=id_prefix + trips["trip_id"].astype(str))
     plan = timeline(trips)
     total = len(plan)
     progress(f"replaying {len(trips)} trips and their labels ({total} events) to {bootstrap} "

@@ -75,7 +75,8 @@ def _categorical_sizes(tf_transform_output):
     return sizes
 
 
-def _build_model(tf_transform_output, hidden_units):
+def _build_model(tf_transform_output, hidden_units, learning_rate=0.001):
+    """No hidden units is the ``linear`` family: a logistic regression on the same inputs."""
     sizes = _categorical_sizes(tf_transform_output)
     dense_names = [_t(n) for n in ("trip_miles", "fare", "trip_seconds")] + [
         _t(n) for n in schema.STORE_FEATURES
@@ -93,7 +94,7 @@ def _build_model(tf_transform_output, hidden_units):
     output = tf.keras.layers.Dense(1, activation="sigmoid", name="tip_probability")(x)
     model = tf.keras.Model(inputs=inputs, outputs=output)
     model.compile(
-        optimizer=tf.keras.optimizers.Adam(learning_rate=0.001),
+        optimizer=tf.keras.optimizers.Adam(learning_rate=learning_rate),
         loss="binary_crossentropy",
         metrics=[tf.keras.metrics.BinaryAccuracy(name="accuracy"), tf.keras.metrics.AUC(name="auc")],
     )
@@ -150,9 +151,13 @@ def run_fn(fn_args: tfx.components.FnArgs):
     tf.keras.utils.set_random_seed(int(hp.get("seed", 42)))
     tf_transform_output = tft.TFTransformOutput(fn_args.transform_output)
     batch_size = int(hp.get("batch_size", 64))
+    # The pipeline's family picks the hyper-parameters; the defaults are the dnn's.
+    family = str(hp.get("family", "dnn"))
+    hidden_units = [int(u) for u in hp.get("hidden_units", [64, 32])]
+    learning_rate = float(hp.get("learning_rate", 0.001))
     train = _input_fn(fn_args.train_files, fn_args.data_accessor, tf_transform_output, batch_size)
     evals = _input_fn(fn_args.eval_files, fn_args.data_accessor, tf_transform_output, batch_size)
-    model = _build_model(tf_transform_output, hp.get("hidden_units", [64, 32]))
+    model = _build_model(tf_transform_output, hidden_units, learning_rate)
     epochs = int(hp.get("epochs", 5))
     history = model.fit(
         train,
@@ -167,10 +172,12 @@ def run_fn(fn_args: tfx.components.FnArgs):
         "serving_tf_example": _tf_example_serving_fn(model, tf_transform_output).get_concrete_function(),
     }
     model.save(fn_args.serving_model_dir, save_format="tf", signatures=signatures)
-    # Training curves, for the MLflow logger downstream (ModelRun is the Trainer's scratch space).
+    # Training curves and parameters (the family among them, which the MlflowLogger tags the
+    # run and the registered version with) for the MLflow logger downstream; ModelRun is the
+    # Trainer's scratch space.
     os.makedirs(fn_args.model_run_dir, exist_ok=True)
     with tf.io.gfile.GFile(os.path.join(fn_args.model_run_dir, "history.json"), "w") as f:
         json.dump({"history": {k: [float(v) for v in vals] for k, vals in history.history.items()},
-                   "params": {"batch_size": batch_size, "epochs": epochs,
-                              "hidden_units": list(hp.get("hidden_units", [64, 32])),
+                   "params": {"family": family, "batch_size": batch_size, "epochs": epochs,
+                              "hidden_units": hidden_units, "learning_rate": learning_rate,
                               "train_steps": fn_args.train_steps, "eval_steps": fn_args.eval_steps}}, f)

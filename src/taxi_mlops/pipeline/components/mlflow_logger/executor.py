@@ -4,7 +4,10 @@ A blessed model becomes ``champion`` when the registry has none, otherwise ``cha
 promotion is a separate, deliberate step. Every run also gets the metrics of each evaluation
 slice (``slice_<feature>_<value>_<metric>``), ``evaluation/slice_metrics.json``, the
 calibration data (``evaluation/calibration.json``) and its plot (``calibration_plot.png``,
-drawn by the platform's Python), and the slice table in the model card. Registry stages are deprecated and not used.
+drawn by the platform's Python), and the slice table in the model card. The run and the
+registered version are tagged ``model_family`` (``dnn`` / ``linear``, from the Trainer's
+run info) so families trained on the same data can be told apart in the registry. Registry
+stages are deprecated and not used.
 """
 
 import json
@@ -114,6 +117,11 @@ def _log_slices(table, buckets, gate_report, platform_python: str) -> None:
         mlflow.log_artifacts(tmp, artifact_path="evaluation")
 
 
+def _model_family(params: Dict[str, Any]) -> str:
+    """The family the Trainer recorded; runs from before families existed were all dnn."""
+    return str(params.get("family") or "dnn")
+
+
 def _gate_report(blessing_uri: str) -> dict:
     path = os.path.join(blessing_uri, slice_gate_executor.REPORT)
     if not os.path.exists(path):
@@ -174,6 +182,7 @@ class Executor(base_executor.BaseExecutor):
         result = eval_result.load(evaluation.uri)
         table, buckets = eval_result.slice_table(result), eval_result.calibration(result)
         metrics = _eval_metrics(table)
+        family = _model_family(run_info["params"])
         gate_report = _gate_report(blessing.uri)
 
         with mlflow.start_run(run_name=f"tfx-{model.id}") as run:
@@ -184,6 +193,7 @@ class Executor(base_executor.BaseExecutor):
             mlflow.log_metrics(metrics)
             mlflow.set_tags({
                 "dvc_data_version": data_version,
+                "model_family": family,
                 "tfx_model_uri": model.uri,
                 "tfx_examples_uri": examples.uri,
                 "blessed": str(blessed).lower(),
@@ -193,10 +203,11 @@ class Executor(base_executor.BaseExecutor):
             logged = mlflow_model.log(serving_dir)  # a real MLflow Model (pyfunc)
             _log_slices(table, buckets, gate_report, exec_properties.get("platform_python") or "")
             mlflow.log_text(mlflow_model.model_card(name, data_version, metrics,
-                                                    slices=_card_slices(table, gate_report)),
+                                                    slices=_card_slices(table, gate_report),
+                                                    family=family),
                             "model_card.md")
             run_id = run.info.run_id
-        logging.info("MlflowLogger: run %s logged, metrics %s", run_id, metrics)
+        logging.info("MlflowLogger: run %s (%s) logged, metrics %s", run_id, family, metrics)
 
         registered.set_string_custom_property("run_id", run_id)
         registered.run_id = run_id
@@ -215,7 +226,7 @@ class Executor(base_executor.BaseExecutor):
         version = mlflow.register_model(
             logged.model_uri, name,
             tags={"dvc_data_version": data_version, "tfx_model_uri": model.uri,
-                  **{k: str(v) for k, v in metrics.items()}},
+                  "model_family": family, **{k: str(v) for k, v in metrics.items()}},
         )
         try:
             client.get_model_version_by_alias(name, CHAMPION)

@@ -1,0 +1,165 @@
+"""The gateway's control plane without HTTP: routing policy, experiments, promote, rollback.
+
+State lives in the rollout store (SQLite in the state directory), so it survives restarts
+and every gateway worker sees the same policy: each worker rereads it when the store's
+change marker moves (``refresh``, every ``Settings.routing_refresh_s``) and swaps its
+``Router`` in one assignment. Registry changes (promote, rollback, retire) go through
+``rollout.actions``, which records each in MLflow tags and on ``taxi.model.events``.
+
+Errors are typed for the error mapping (``errors.py``): ``InvalidField`` (422 naming the
+field), ``NotFound`` (404), ``Conflict`` (409).
+"""
+
+from __future__ import annotations
+
+import logging
+
+from taxi_mlops.gateway.router import ExperimentRoute, Router, RoutingPolicy
+from taxi_mlops.rollout import actions
+from taxi_mlops.rollout.experiment import Experiment, ExperimentSpec
+from taxi_mlops.rollout.store import ExperimentConflict, RolloutStore
+from taxi_mlops.rollout.tracker import experiment_status
+from taxi_mlops.settings import Settings
+
+log = logging.getLogger("taxi_mlops.gateway")
+
+
+class InvalidField(ValueError):
+    def __init__(self, field: str, message: str):
+        super().__init__(message)
+        self.field, self.message = field, message
+
+
+class NotFound(LookupError):
+    pass
+
+
+class Conflict(RuntimeError):
+    pass
+
+
+def experiment_route(experiment: Experiment) -> ExperimentRoute:
+    spec = experiment.spec
+    return ExperimentRoute(id=experiment.id, split=dict(spec.split), sticky_key=spec.sticky_key,
+                           versions={"control": experiment.control_version,
+                                     "treatment": experiment.treatment_version})
+
+
+class Control:
+    """One per gateway worker; all methods are blocking (the routes run them in a thread)."""
+
+    def __init__(self, settings: Settings, router: Router, store: RolloutStore | None = None):
+        self.settings = settings
+        self.router = router
+        self.store = store or RolloutStore(settings.rollout_db)
+        self._marker = None
+        self.default_policy = router.policy
+
+    # ---- the router's view ------------------------------------------------------------------
+    def refresh(self, force: bool = False) -> bool:
+        """Reload policy and running experiment if the store changed; True if reloaded."""
+        marker = self.store.changed_marker()
+        if marker == self._marker and not force:
+            return False
+        stored = self.store.get_policy()
+        policy = RoutingPolicy.model_validate(stored) if stored else self.default_policy
+        running = self.store.running(self.settings.model_name)
+        self.router.update(policy, experiment_route(running) if running else None)
+        self._marker = marker
+        return True
+
+    # ---- routing policy ---------------------------------------------------------------------
+    def routing(self) -> dict:
+        experiment = self.router.experiment
+        return {"policy": self.router.policy.model_dump(),
+                "experiment": None if experiment is None else {
+                    "id": experiment.id, "split": experiment.split, "versions": experiment.versions,
+                    "sticky_key": experiment.sticky_key},
+                "effective": "experiment" if experiment else "policy"}
+
+    def set_routing(self, policy: RoutingPolicy) -> dict:
+        self._check_sticky_key("sticky_key", policy.sticky_key)
+        for field, target in policy.targets().items():
+            self._resolve(field, target)
+        self.store.set_policy(policy.model_dump())
+        self.refresh(force=True)
+        return self.routing()
+
+    # ---- experiments ------------------------------------------------------------------------
+    def start_experiment(self, spec: ExperimentSpec, actor: str) -> dict:
+        if spec.model_name != self.settings.model_name:
+            raise InvalidField("model_name", f"model {spec.model_name!r} is not served here; "
+                                             f"this gateway serves {self.settings.model_name!r}")
+        self._check_sticky_key("sticky_key", spec.sticky_key)
+        control = self._resolve("control", spec.control)
+        treatment = self._resolve("treatment", spec.treatment)
+        if control == treatment:
+            raise InvalidField("treatment", f"control and treatment are both version {control}: "
+                                            "an experiment needs two different versions")
+        experiment = Experiment.new(spec, control_version=control, treatment_version=treatment)
+        try:
+            self.store.create(experiment)
+        except ExperimentConflict as exc:
+            raise Conflict(str(exc)) from exc
+        actions.record_experiment_event(self.settings, experiment, "experiment_started", actor=actor)
+        self.refresh(force=True)
+        return self.experiment(experiment.id)
+
+    def experiment(self, experiment_id: str) -> dict:
+        experiment = self.store.get(experiment_id)
+        if experiment is None:
+            raise NotFound(f"no experiment {experiment_id!r}: `taxi-mlops experiment status` lists them")
+        return experiment_status(self.store, experiment)
+
+    def experiments(self) -> list[dict]:
+        return [experiment_status(self.store, e) for e in self.store.list(self.settings.model_name)]
+
+    def stop_experiment(self, experiment_id: str, actor: str) -> dict:
+        experiment = self.store.get(experiment_id)
+        if experiment is None:
+            raise NotFound(f"no experiment {experiment_id!r}")
+        if not self.store.update_status(experiment_id, "stopped", {"reason": f"stopped by {actor}"}):
+            raise Conflict(f"experiment {experiment_id} is not running (status {experiment.status})")
+        actions.record_experiment_event(self.settings, self.store.get(experiment_id),
+                                        "experiment_stopped", actor=actor)
+        self.refresh(force=True)
+        return self.experiment(experiment_id)
+
+    # ---- registry decisions -----------------------------------------------------------------
+    def promote(self, version: str, actor: str, reason: str) -> dict:
+        resolved = self._resolve("version", version)
+        try:
+            return _jsonable(actions.promote(self.settings, resolved, actor=actor, reason=reason))
+        except actions.NothingToDo as exc:
+            raise Conflict(str(exc)) from exc
+
+    def rollback(self, actor: str, reason: str) -> dict:
+        try:
+            return _jsonable(actions.rollback_champion(self.settings, actor=actor, reason=reason))
+        except (actions.NothingToDo, actions.UnknownVersion) as exc:
+            raise Conflict(str(exc)) from exc
+
+    # ---- checks -------------------------------------------------------------------------------
+    def _resolve(self, field: str, target: str) -> str:
+        try:
+            return actions.resolve(self.settings, target)
+        except actions.UnknownVersion as exc:
+            raise InvalidField(field, str(exc)) from exc
+
+    @staticmethod
+    def _check_sticky_key(field: str, key: str) -> None:
+        from taxi_mlops.gateway.schemas import Trip
+
+        if key not in Trip.model_fields:
+            raise InvalidField(field, f"{key!r} is not a trip field; use one of trip_id, company, "
+                                      "pickup_community_area, ...")
+
+
+def _jsonable(value):
+    if hasattr(value, "model_dump"):
+        return value.model_dump(mode="json")
+    if hasattr(value, "__dataclass_fields__"):
+        import dataclasses
+
+        return dataclasses.asdict(value)
+    return value
