@@ -22,9 +22,11 @@ FAMILIES = {"payment_type": {"Cash", "Credit Card"}, "company_known": {"known", 
 
 @pytest.fixture(scope="module")
 def run(trained, settings):
-    """The MLflow run the pipeline logged (blessed or not), and its slice report."""
+    """The MLflow run the session's first pipeline run logged (blessed or not), and its slice
+    report. The first: later runs (another model family) are evaluated against a champion."""
     store = mlmd.open_store(settings.mlmd_path)
-    run_id = mlmd.latest(store, "MlflowModelVersion").properties["run_id"].string_value
+    first = min(store.get_artifacts_by_type("MlflowModelVersion"), key=lambda a: a.id)
+    run_id = first.properties["run_id"].string_value
     client = models.client(settings.mlflow_tracking_uri)
     report = json.loads(open(client.download_artifacts(
         run_id, "evaluation/slice_metrics.json", str(settings.state_dir / "slice-report"))).read())

@@ -13,7 +13,9 @@ field), ``NotFound`` (404), ``Conflict`` (409).
 from __future__ import annotations
 
 import logging
+from contextlib import contextmanager
 
+from taxi_mlops.gateway.errors import DependencyDown
 from taxi_mlops.gateway.router import ExperimentRoute, Router, RoutingPolicy
 from taxi_mlops.rollout import actions
 from taxi_mlops.rollout.experiment import Experiment, ExperimentSpec
@@ -128,16 +130,12 @@ class Control:
     # ---- registry decisions -----------------------------------------------------------------
     def promote(self, version: str, actor: str, reason: str) -> dict:
         resolved = self._resolve("version", version)
-        try:
+        with _registry_errors():
             return _jsonable(actions.promote(self.settings, resolved, actor=actor, reason=reason))
-        except actions.NothingToDo as exc:
-            raise Conflict(str(exc)) from exc
 
     def rollback(self, actor: str, reason: str) -> dict:
-        try:
+        with _registry_errors():
             return _jsonable(actions.rollback_champion(self.settings, actor=actor, reason=reason))
-        except (actions.NothingToDo, actions.UnknownVersion) as exc:
-            raise Conflict(str(exc)) from exc
 
     # ---- checks -------------------------------------------------------------------------------
     def _resolve(self, field: str, target: str) -> str:
@@ -145,6 +143,8 @@ class Control:
             return actions.resolve(self.settings, target)
         except actions.UnknownVersion as exc:
             raise InvalidField(field, str(exc)) from exc
+        except actions.RegistryUnavailable as exc:
+            raise DependencyDown("model_registry", str(exc)) from exc
 
     @staticmethod
     def _check_sticky_key(field: str, key: str) -> None:
@@ -153,6 +153,18 @@ class Control:
         if key not in Trip.model_fields:
             raise InvalidField(field, f"{key!r} is not a trip field; use one of trip_id, company, "
                                       "pickup_community_area, ...")
+
+
+@contextmanager
+def _registry_errors():
+    """A refused action (nothing to do, no previous version, the champion) is 409; an MLflow
+    that does not answer is 503 naming the registry."""
+    try:
+        yield
+    except (actions.ActionRefused, actions.UnknownVersion) as exc:
+        raise Conflict(str(exc)) from exc
+    except actions.RegistryUnavailable as exc:
+        raise DependencyDown("model_registry", str(exc)) from exc
 
 
 def _jsonable(value):

@@ -8,6 +8,7 @@ service that fails says which, why, and where its log is.
 from __future__ import annotations
 
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -67,9 +68,34 @@ def http_ok(url: str, timeout_s: float = PROBE_TIMEOUT_S) -> bool:
         return False
 
 
+def _ephemeral_range() -> tuple[int, int]:
+    try:
+        low, high = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
+        return int(low), int(high)
+    except (OSError, ValueError):
+        return 32768, 60999
+
+
+_port_rng = random.Random()
+
+
 def free_port(host: str = "127.0.0.1") -> int:
-    """A port nothing listens on right now (tests and benchmarks run beside a dev stack)."""
-    with socket.socket() as s:
+    """A port nothing listens on right now (tests and benchmarks run beside a dev stack),
+    chosen below the kernel's ephemeral range: a port from bind(0) is an ephemeral one, which
+    any outgoing connection (an MLflow call during training) may take before the service that
+    was given it starts ("Address already in use" minutes later)."""
+    low, _ = _ephemeral_range()
+    floor = 10000
+    if low - floor > 1000:
+        for _ in range(200):
+            port = _port_rng.randrange(floor, low)
+            with socket.socket() as s:
+                try:
+                    s.bind((host, port))
+                except OSError:
+                    continue
+                return port
+    with socket.socket() as s:  # no room below the range: fall back to the kernel's choice
         s.bind((host, 0))
         return s.getsockname()[1]
 
