@@ -61,7 +61,8 @@ def test_predict_answers_from_the_champion_deterministically(stack, champion, tr
     second = httpx.post(f"{stack.gateway_url}/predict", json=trip, timeout=10).json()
     assert 0.0 <= first["tip_probability"] <= 1.0
     assert first["model"] == {"name": stack.model_name, "version": champion.version,
-                              "alias": "champion"}
+                              "alias": "champion", "variant": "champion"}
+    assert first["routing"]["policy"] == "single" and not first["routing"]["fallback"]
     assert first["tip_probability"] == second["tip_probability"]
     assert first["request_id"] != second["request_id"]
     assert first["big_tipper"] == (first["tip_probability"] >= 0.5)
