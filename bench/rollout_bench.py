@@ -44,8 +44,10 @@ SHADOW = {**SINGLE, "shadow": {"target": "bench", "percent": 100}}
 def second_version(settings, champion) -> str:
     """The champion's model registered again, under alias ``bench``."""
     client = models.client(settings.mlflow_tracking_uri)
+    # MLflow 3: a models:/m-... source must name its logged model.
+    model_id = champion.source.split("/")[-1] if champion.source.startswith("models:/m-") else None
     mv = client.create_model_version(settings.model_name, source=champion.source, run_id=champion.run_id,
-                                     tags={**champion.tags, "bench": "rollout_bench"})
+                                     tags={**champion.tags, "bench": "rollout_bench"}, model_id=model_id)
     client.set_registered_model_alias(settings.model_name, "bench", mv.version)
     return str(mv.version)
 

@@ -170,6 +170,23 @@ class ModelMetricsV1(Event):
     timestamp: AwareDatetime
 
 
+class ModelMetricsV2(ModelMetricsV1):
+    """V1 plus what is known before the labels (issue 8): the predictions received in the
+    window, their confidence-based accuracy estimate, that estimate's error against the realised
+    accuracy over the joined pairs, and the prediction drift against the eval split."""
+
+    event_type: ClassVar[str] = "ModelMetrics"
+    schema_version: Literal[2] = 2
+    predictions: int = Field(0, ge=0, description="Predictions received in the window, joined or not.")
+    estimated_accuracy: float | None = Field(
+        None, ge=0, le=1, description="Mean max(p, 1-p) over those predictions (CBPE-style).")
+    estimation_error: float | None = Field(
+        None, ge=-1, le=1, description="Estimated minus realised accuracy over the joined pairs.")
+    prediction_drift: float | None = Field(
+        None, ge=0, le=1, description="Jensen-Shannon distance (base 2) of the window's scores to "
+                                      "the eval split's, 10 bins; None below 200 predictions.")
+
+
 class DataQualityV1(Event):
     """A data-quality finding on ``taxi.data.quality`` (producer: ``streaming/quality.py``).
 
@@ -192,6 +209,20 @@ class DataQualityV1(Event):
     trip_id: str | None = None
     event_time: AwareDatetime | None = Field(None, description="The trip's event time (violations).")
     reference: dict[str, str] = Field(default_factory=dict)
+
+
+class DataQualityV2(DataQualityV1):
+    """``DataQualityV1`` plus ``kind="drift"``: a window whose feature distributions moved away
+    from the champion's training statistics (``streaming/drift.py``). ``check`` is ``drift``,
+    ``passed`` false, ``feature`` the most drifted feature; ``details`` has every feature's
+    scores per test, the features and tests over their thresholds, the thresholds, the window
+    (events, start, end) and the reference's model version. Violations and window summaries
+    stay V1, so consumers that only know V1 keep reading them; they dead-letter drift records.
+    """
+
+    event_type: ClassVar[str] = "DataQuality"
+    schema_version: Literal[2] = 2
+    kind: Literal["violation", "window_summary", "drift"] = "violation"
 
 
 class DeadLetterV1(Event):
@@ -219,7 +250,7 @@ LabelEvent = LabelEventV1
 RealtimeFeatures = RealtimeFeaturesV1
 PredictionLog = PredictionLogV2
 ModelEvent = ModelEventV1
-ModelMetrics = ModelMetricsV1
+ModelMetrics = ModelMetricsV2
 DataQuality = DataQualityV1
 DeadLetter = DeadLetterV1
 
@@ -229,9 +260,9 @@ SCHEMAS: dict[str, dict[int, type[Event]]] = {
     topics.LABELS: {1: LabelEventV1},
     topics.FEATURES: {1: RealtimeFeaturesV1},
     topics.PREDICTIONS: {1: PredictionLogV1, 2: PredictionLogV2},
-    topics.MODEL_METRICS: {1: ModelMetricsV1},
+    topics.MODEL_METRICS: {1: ModelMetricsV1, 2: ModelMetricsV2},
     topics.MODEL_EVENTS: {1: ModelEventV1},
-    topics.DATA_QUALITY: {1: DataQualityV1},
+    topics.DATA_QUALITY: {1: DataQualityV1, 2: DataQualityV2},
     topics.DEADLETTER: {1: DeadLetterV1},
 }
 ALL_MODELS = [m for versions in SCHEMAS.values() for m in versions.values()]

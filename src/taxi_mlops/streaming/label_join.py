@@ -18,8 +18,14 @@ shadow) is handed to ``rollout.ExperimentTracker``, which stores it (once, idemp
 store, not this worker's window, is the experiment's memory) and runs the sequential test that
 promotes or rolls back the challenger.
 
+Before labels (issue 8): every prediction received in the window, joined or not, also feeds
+a confidence-based accuracy estimate and a 10-bin score histogram per version, compared once
+per publish interval with the eval split's scores (``live_performance``: the arithmetic and
+the per-version reference cache).
+
 Metrics ([label_join] in the observability spec: counts consumed and joined, unmatched by
-kind, live accuracy/Brier/positive rate/joined per model name, version and alias) are served
+kind, live accuracy/Brier/positive rate/joined per model name, version and alias, the
+estimate, its error and the prediction drift) are served
 on ``settings.label_join_metrics_port``. A label or prediction that leaves the window without
 a partner counts as unmatched; so does a prediction without a trip id, which can never join.
 """
@@ -39,7 +45,7 @@ from typing import Callable
 from taxi_mlops.streaming import metrics  # noqa: I001  (before anything imports Feast)
 from taxi_mlops.observability import logs
 from taxi_mlops.settings import Settings, get_settings
-from taxi_mlops.streaming import clients, events, status, topics
+from taxi_mlops.streaming import clients, events, live_performance, status, topics
 
 NAME = "label-join"
 GROUP = "taxi-label-join"
@@ -50,6 +56,10 @@ log = logging.getLogger("taxi_mlops.streaming.label_join")
 
 @dataclass
 class ModelWindow:
+    """Running sums of one model version over the window: the joined pairs (``n``...) and,
+    separately, every prediction received (``predicted``...), since predictions lead their
+    labels by a trip: the label-free estimate and the score histogram need not wait."""
+
     alias: str | None = None
     n: int = 0
     correct: int = 0
@@ -58,6 +68,11 @@ class ModelWindow:
     positives: int = 0
     total: int = 0
     changed: bool = True
+    joined_confidence: float = 0.0  # sum of max(p, 1-p) over the joined pairs
+    predicted: int = 0  # predictions received in the window (joined or not)
+    confidence: float = 0.0  # sum of max(p, 1-p) over them
+    bins: list = field(default_factory=lambda: [0] * live_performance.N_BINS)
+    drift: float | None = None  # set once per publish interval, not per message
 
     def add(self, prob: float, label: int, sign: int = 1) -> None:
         self.n += sign
@@ -65,7 +80,40 @@ class ModelWindow:
         self.brier += sign * (prob - label) ** 2
         self.prob += sign * prob
         self.positives += sign * label
+        self.joined_confidence += sign * live_performance.confidence(prob)
         self.changed = True
+
+    def add_predicted(self, prob: float, sign: int = 1) -> None:
+        self.predicted += sign
+        self.confidence += sign * live_performance.confidence(prob)
+        self.bins[live_performance.bin_index(prob)] += sign
+        self.changed = True
+
+    @property
+    def accuracy(self) -> float | None:
+        return self.correct / self.n if self.n else None
+
+    @property
+    def estimated_accuracy(self) -> float | None:
+        """Expected accuracy of every prediction in the window, labelled or not."""
+        return min(1.0, max(0.5, self.confidence / self.predicted)) if self.predicted else None
+
+    @property
+    def estimation_error(self) -> float | None:
+        """Estimated minus realised accuracy over the same joined pairs."""
+        if not self.n:
+            return None
+        return min(1.0, max(0.5, self.joined_confidence / self.n)) - self.correct / self.n
+
+    def update_drift(self, reference: list[float] | None) -> float | None:
+        """The JS distance of the window's scores to ``reference``; None below
+        ``DRIFT_MIN_PREDICTIONS`` predictions or without a reference."""
+        drift = None
+        if reference is not None and self.predicted >= live_performance.DRIFT_MIN_PREDICTIONS:
+            drift = live_performance.drift_score(self.bins, reference)
+        if drift != self.drift:
+            self.drift, self.changed = drift, True
+        return drift
 
     def metrics(self, name: str, version: str, window_s: float) -> events.ModelMetrics:
         n = self.n
@@ -75,7 +123,9 @@ class ModelWindow:
             brier=min(1.0, max(0.0, self.brier / n)) if n else None,
             mean_probability=self.prob / n if n else None,
             positive_rate=self.positives / n if n else None,
-            total_joined=self.total, timestamp=datetime.now(timezone.utc))
+            total_joined=self.total, timestamp=datetime.now(timezone.utc),
+            predictions=max(0, self.predicted), estimated_accuracy=self.estimated_accuracy,
+            estimation_error=self.estimation_error, prediction_drift=self.drift)
 
 
 @dataclass
@@ -98,8 +148,14 @@ class JoinState:
     # Called for each joined pair served under an experiment:
     # (trip_id, experiment_id, variant, model_version, probability, label, ts).
     on_experiment_pair: Callable | None = None
+    # Every prediction received in the window, by its own timestamp (joined or not), for the
+    # label-free estimate and the score histogram; keyed by trip id (request id without one)
+    # and model so a redelivery counts once. Shadows count for their own version.
+    predicted: deque = field(default_factory=deque)  # (ts, model_key, prob, dedup_id)
+    predicted_keys: set = field(default_factory=set)  # (dedup_id, model_key)
 
     def add_prediction(self, p: events.PredictionLog, ts: float) -> int:
+        self._add_predicted(p, ts)
         if not p.trip_id:
             self.unjoinable += 1
             self.unmatched["prediction"] += 1  # it can never meet its label
@@ -111,6 +167,17 @@ class JoinState:
         self.predictions.setdefault(p.trip_id, {})[key] = (p.tip_probability, p.model_alias, ts, experiment)
         label = self.labels.get(p.trip_id)
         return self._join(p.trip_id, label[0], max(ts, label[1])) if label else 0
+
+    def _add_predicted(self, p: events.PredictionLog, ts: float) -> None:
+        key = (p.model_name, p.model_version)
+        dedup = (p.trip_id or f"request:{p.request_id}", key)
+        if dedup in self.predicted_keys:
+            return
+        self.predicted_keys.add(dedup)
+        self.predicted.append((ts, key, p.tip_probability, dedup[0]))
+        window = self.models.setdefault(key, ModelWindow())
+        window.alias = p.model_alias or window.alias
+        window.add_predicted(p.tip_probability)
 
     def add_label(self, lab: events.LabelEvent, ts: float) -> int:
         self.labels[lab.trip_id] = (int(lab.big_tipper), ts)
@@ -140,6 +207,11 @@ class JoinState:
             _, key, prob, label, trip_id = self.joined.popleft()
             self.models[key].add(prob, label, sign=-1)
             self.joined_keys.discard((trip_id, key))
+        # Arrival order is nearly time order here too (a late straggler leaves a little late).
+        while self.predicted and self.predicted[0][0] < cutoff:
+            _, key, prob, dedup_id = self.predicted.popleft()
+            self.models[key].add_predicted(prob, sign=-1)
+            self.predicted_keys.discard((dedup_id, key))
         # Dicts keep arrival order, which is nearly time order: stop at the first recent entry
         # instead of scanning an hour of pending trips every second.
         for pending, first_ts in ((self.labels, lambda v: v[1]),
@@ -182,6 +254,10 @@ class LabelJoin:
             self.state.on_experiment_pair = self._observe_experiment
         except Exception as exc:  # no store: joins and live metrics still run
             log.error("rollout store unavailable, experiments are not evaluated: %s", exc)
+        self.references = live_performance.ReferenceCache(
+            settings.state_dir / "drift",
+            lambda name, version: live_performance.fetch_reference(settings.mlflow_tracking_uri, name, version),
+            default_name=settings.model_name)
         self.stop_event = threading.Event()
         self.phase = "starting"
         self.stats = {"predictions": 0, "labels": 0, "joined": 0, "dead_lettered": 0, "published": 0}
@@ -251,7 +327,17 @@ class LabelJoin:
             self.stats["experiment_errors"] = self.stats.get("experiment_errors", 0) + 1
             log.warning("experiment %s: observation not stored: %s", experiment_id, exc)
 
+    def update_drift(self) -> None:
+        """Each version's prediction drift, once per publish interval (10 bins: cheap); the
+        reference is fetched in the background the first time a version needs one."""
+        for (name, version), window in list(self.state.models.items()):
+            enough = window.predicted >= live_performance.DRIFT_MIN_PREDICTIONS
+            window.update_drift(self.references.get(name, version) if enough else None)
+
     def publish(self) -> None:
+        references = getattr(self, "references", None)
+        if references is not None:
+            self.update_drift()
         for (name, version), window in self.state.models.items():
             if not window.changed:
                 continue
@@ -266,11 +352,15 @@ class LabelJoin:
                 "unmatched": dict(self.state.unmatched), "metrics": self.metrics_url,
                 "pending_predictions": len(self.state.predictions), "pending_labels": len(self.state.labels),
                 "experiments": dict(self.tracker.counts) if self.tracker else None,
-                "models": {f"{n}:{v}": {"n": w.n, "accuracy": (w.correct / w.n) if w.n else None}
+                "models": {f"{n}:{v}": {"n": w.n, "accuracy": (w.correct / w.n) if w.n else None,
+                                        "predicted": w.predicted, "estimated_accuracy": w.estimated_accuracy,
+                                        "drift": w.drift}
                            for (n, v), w in list(self.state.models.items())}}
 
     def stop(self, *_args) -> None:
         self.stop_event.set()
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m taxi_mlops.streaming.label_join",
                                      description=__doc__.split("\n\n")[0])

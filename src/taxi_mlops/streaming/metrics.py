@@ -216,7 +216,23 @@ class LabelJoinMetrics(Collector):
             "positive_rate": GaugeMetricFamily("taxi_live_positive_rate",
                                                "Share of labels = 1 over the window.", labels=labels),
             "joined": GaugeMetricFamily("taxi_live_joined", "Joined pairs in the window.", labels=labels),
+            "predicted": GaugeMetricFamily("taxi_live_predictions",
+                                           "Predictions received in the window, joined or not.",
+                                           labels=labels),
+            "estimated": GaugeMetricFamily(
+                "taxi_live_estimated_accuracy",
+                "Accuracy estimated before labels: mean max(p, 1-p) over the window's predictions.",
+                labels=labels),
+            "error": GaugeMetricFamily(
+                "taxi_live_estimation_error",
+                "Estimated minus realised accuracy, both over the window's joined pairs.",
+                labels=labels),
         }
+        drift = GaugeMetricFamily(
+            "taxi_prediction_drift_score",
+            "Jensen-Shannon distance (base 2) of the window's scores to the eval split's, 10 bins; "
+            "only with >= 200 predictions and the version's evaluation/calibration.json.",
+            labels=["model_name", "model_version"])
         for (name, version), window in list(state.models.items()):
             values = [name, version, window.alias or ""]
             n = window.n
@@ -225,7 +241,16 @@ class LabelJoinMetrics(Collector):
                 families["accuracy"].add_metric(values, window.correct / n)
                 families["brier"].add_metric(values, min(1.0, max(0.0, window.brier / n)))
                 families["positive_rate"].add_metric(values, window.positives / n)
+            predicted = getattr(window, "predicted", 0)
+            families["predicted"].add_metric(values, max(0, predicted))
+            if predicted > 0:
+                families["estimated"].add_metric(values, window.estimated_accuracy)
+            if n and getattr(window, "estimation_error", None) is not None:
+                families["error"].add_metric(values, window.estimation_error)
+            if getattr(window, "drift", None) is not None:
+                drift.add_metric([name, version], window.drift)
         yield from families.values()
+        yield drift
         yield from self._experiments()
 
     def _experiments(self):
@@ -258,7 +283,8 @@ class LabelJoinMetrics(Collector):
 # ---- the data-quality worker's metrics ------------------------------------------------------
 class DataQualityMetrics(Collector):
     """[data_quality]: events checked, violations by feature and check (both bounded: the
-    schema's features and ``quality_checks.CHECKS``), the reference's coverage."""
+    schema's features and ``quality_checks.CHECKS``), the reference's coverage; feature drift
+    of the last scored window (features: the trip event's, tests: ``drift.TESTS``)."""
 
     def __init__(self) -> None:
         self.checked = 0
@@ -267,6 +293,23 @@ class DataQualityMetrics(Collector):
         self.dead_lettered: dict[str, int] = defaultdict(int)
         self.coverage: float | None = None
         self.model_version: str | None = None
+        self.drift_scores: dict[tuple[str, str], float] = {}
+        self.drift_detected: dict[str, int] = {}
+        self.drift_consecutive: dict[str, int] = {}
+        self.drift_windows: dict[str, int] = {"true": 0, "false": 0}
+
+    def record_drift(self, scores: dict[str, dict[str, float]], drifted: Iterable[str]) -> None:
+        """One scored window: replaces the last window's gauges (a new dict: scrapes read whole
+        windows), and counts consecutive drifted windows per feature (what the alert waits for)."""
+        drifted = set(drifted)
+        self.drift_scores = {(f, t): v for f, tests in scores.items() for t, v in tests.items()}
+        self.drift_detected = {f: int(f in drifted) for f in scores}
+        self.drift_consecutive = {f: self.drift_consecutive.get(f, 0) + 1 if f in drifted else 0 for f in scores}
+        self.drift_windows["true" if drifted else "false"] += 1
+
+    def reset_drift(self) -> None:
+        """A new reference: the last window's scores were against another model's statistics."""
+        self.drift_scores, self.drift_detected, self.drift_consecutive = {}, {}, {}
 
     def collect(self):
         yield CounterMetricFamily("taxi_data_quality_events_checked_total",
@@ -296,6 +339,26 @@ class DataQualityMetrics(Collector):
                                      labels=["model_version"])
             info.add_metric([self.model_version], 1)
             yield info
+        score = GaugeMetricFamily("taxi_drift_score", "Drift of the last scored window against the "
+                                  "champion's training statistics, by feature and test (jensen_shannon, "
+                                  "wasserstein, linf, missing_rate).", labels=["feature", "test"])
+        for (feature, test), v in sorted(self.drift_scores.items()):
+            score.add_metric([feature, test], v)
+        yield score
+        detected = GaugeMetricFamily("taxi_drift_detected", "1 when the feature drifted in the last "
+                                     "scored window.", labels=["feature"])
+        consecutive = GaugeMetricFamily("taxi_drift_consecutive_windows", "Scored windows in a row "
+                                        "in which the feature drifted (0 after a clean one).", labels=["feature"])
+        for feature, v in sorted(self.drift_detected.items()):
+            detected.add_metric([feature], v)
+            consecutive.add_metric([feature], self.drift_consecutive.get(feature, 0))
+        yield detected
+        yield consecutive
+        windows = CounterMetricFamily("taxi_drift_windows_total", "Windows scored for drift.",
+                                      labels=["drifted"])
+        for drifted, n in sorted(self.drift_windows.items()):
+            windows.add_metric([drifted], n)
+        yield windows
 
 
 # ---- serving ---------------------------------------------------------------------------------

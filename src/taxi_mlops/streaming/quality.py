@@ -15,6 +15,12 @@ Outputs
 * Undecodable trips go to ``taxi.deadletter`` with the reason, as the processor does.
 * Metrics ([data_quality]) on ``settings.quality_metrics_port``: events checked,
   events with violations, violations by feature and check, the reference's coverage.
+* Feature drift (``drift.py``): the trips of each window are also compared with the
+  champion's StatisticsGen train-split histograms (cached per model version in
+  ``<state_dir>/drift/reference-<version>.json``). A window is scored once it holds
+  ``drift_min_events`` trips (smaller ones carry over); scores go to ``taxi_drift_*``, and a
+  drifted window to ``taxi.data.quality`` (a ``DataQualityV2``, ``kind="drift"``) and to
+  ``<state_dir>/drift/reports/<timestamp>-<version>.json``.
 
 Until a champion exists the worker runs without consuming (its offsets wait in Kafka); it
 re-reads the alias every ``quality_reference_refresh_s`` and switches schema when the
@@ -28,6 +34,7 @@ Run ``python -m taxi_mlops.streaming.quality`` (settings from ``TAXI_*``), or st
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import sys
 import threading
@@ -38,7 +45,7 @@ from datetime import datetime, timezone
 from taxi_mlops.streaming import metrics  # noqa: I001  (before anything imports Feast)
 from taxi_mlops.observability import logs
 from taxi_mlops.settings import Settings, get_settings
-from taxi_mlops.streaming import clients, events, status, topics
+from taxi_mlops.streaming import clients, drift, events, status, topics
 from taxi_mlops.streaming import quality_checks as qc
 
 NAME = "data-quality"
@@ -57,6 +64,8 @@ class Reference:
     schema_uri: str
     statistics_uri: str | None
     validator: qc.Validator
+    drift: drift.DriftReference | None = None
+    drift_error: str | None = None
 
     def labels(self) -> dict[str, str]:
         out = {"model_version": self.model_version, "tfx_model_uri": self.model_uri, "schema_uri": self.schema_uri}
@@ -80,8 +89,15 @@ def load_reference(settings: Settings) -> Reference | None:
     data = mlmd.training_data(settings.mlmd_path, ref.tfx_model_uri)
     statistics = qc.load_statistics(data.statistics.uri) if data.statistics else None
     validator = qc.Validator(qc.load_schema(data.schema.uri), statistics)
+    drift_ref, drift_error = None, "the run has no StatisticsGen statistics"
+    if data.statistics:
+        try:  # drift is an addition: a broken histogram must not stop the schema checks
+            drift_ref, drift_error = drift.cached_reference(settings.state_dir, ref.version, data.statistics.uri), None
+        except Exception as exc:
+            drift_error = f"{type(exc).__name__}: {exc}"
     return Reference(model_version=ref.version, model_uri=ref.tfx_model_uri, schema_uri=data.schema.uri,
-                     statistics_uri=data.statistics.uri if data.statistics else None, validator=validator)
+                     statistics_uri=data.statistics.uri if data.statistics else None, validator=validator,
+                     drift=drift_ref, drift_error=drift_error)
 
 
 class DataQualityWorker:
@@ -95,6 +111,9 @@ class DataQualityWorker:
         self.producer = events.EventProducer(self.bootstrap, NAME, **{"message.timeout.ms": 0})
         self.metrics = metrics.DataQualityMetrics()
         self.window = qc.QualityWindow(settings.quality_window_events, settings.quality_window_s)
+        self.drift_thresholds = drift.Thresholds.from_settings(settings)
+        self.drift_window = drift.DriftWindow(drift.DEFAULT_FEATURES)
+        self.last_drift: dict | None = None
         self.reference: Reference | None = None
         self.reference_error: str | None = None
         self.positions: dict[tuple[str, int], int] = {}
@@ -104,7 +123,7 @@ class DataQualityWorker:
         self.phase = "starting"
         self.metrics_url: str | None = None
         self.stats = {"checked": 0, "violating": 0, "violations": 0, "dead_lettered": 0, "windows": 0,
-                      "commits": 0, "last_message_at": None}
+                      "drift_windows": 0, "drifted_windows": 0, "commits": 0, "last_message_at": None}
         self._logged_violations = 0
         self._waiting_logged = False
 
@@ -171,6 +190,14 @@ class DataQualityWorker:
         if self.window.events:  # a window belongs to one reference
             self._publish_window()
         self.reference = reference
+        self.drift_window.clear()  # a drift window too belongs to one reference
+        self.metrics.reset_drift()
+        if reference.drift is None:
+            log.error("no drift reference for v%s (%s): drift is not scored", reference.model_version,
+                      reference.drift_error)
+        else:
+            log.info("drift reference: v%s, %d features from %s", reference.model_version,
+                     len(reference.drift.features), reference.drift.statistics_uri)
         v = reference.validator
         self.metrics.coverage, self.metrics.model_version = v.coverage, reference.model_version
         log.info("data-quality reference: %s v%s, schema %s (%d features: %d checked, %d out of scope), "
@@ -201,8 +228,10 @@ class DataQualityWorker:
             if self.stats["dead_lettered"] <= 20:  # the first few; then the metric counts them
                 log.warning("undecodable trip at %s[%d]@%d dead-lettered: %s", topic, partition, offset, exc.reason)
             return
-        violations = self.reference.validator.check(event.model_dump(), event.model_fields_set)
-        self.window.add(violations, time.time())
+        fields, now_s = event.model_dump(), time.time()
+        violations = self.reference.validator.check(fields, event.model_fields_set)
+        self.window.add(violations, now_s)
+        self.drift_window.add(fields, event.model_fields_set, now_s)
         self.stats["checked"] += 1
         self.metrics.checked += 1
         if not violations:
@@ -227,9 +256,10 @@ class DataQualityWorker:
 
     def _publish_window(self) -> None:
         summary = self.window.close(time.time())
+        drift_info = self._score_drift(summary["window_end"])
         record = events.DataQuality(
             source=NAME, kind="window_summary", check=SUMMARY, passed=summary["violating_events"] == 0,
-            details={**summary, "coverage": self.metrics.coverage},
+            details={**summary, "coverage": self.metrics.coverage, "drift": drift_info},
             reference=self.reference.labels() if self.reference else {},
             timestamp=datetime.now(timezone.utc))
         self.producer.produce_raw(topics.DATA_QUALITY, record.to_bytes(), SUMMARY.encode())
@@ -238,6 +268,52 @@ class DataQualityWorker:
         log.log(level, "window: %d trips checked, %d with violations %s", summary["events"],
                 summary["violating_events"],
                 {f"{v['feature']}/{v['check']}": v["count"] for v in summary["violations"]})
+
+    def _score_drift(self, now: float) -> dict:
+        """Score the drift window at a summary window's close (once it has ``min_events``
+        trips: fewer would be noise, so they carry over); publish and report a drifted one."""
+        reference = self.reference.drift if self.reference else None
+        window = self.drift_window
+        if reference is None:
+            window.clear()
+            return {"scored": False, "reason": "no drift reference"}
+        result = drift.score(reference, window, self.drift_thresholds)
+        if result is None:
+            return {"scored": False, "pending_events": window.events,
+                    "min_events": self.drift_thresholds.min_events}
+        started = window.started
+        window.clear()
+        self.metrics.record_drift(result.scores, result.drifted)
+        self.stats["drift_windows"] += 1
+        info = {"scored": True, "events": result.events, "drifted_features": sorted(result.drifted)}
+        self.last_drift = {**info, "window_end": now}
+        if not result.is_drift:
+            top = {t: max(((sc[t], f) for f, sc in result.scores.items() if t in sc), default=(0.0, "-"))
+                   for t in (drift.JS, drift.LINF, drift.MISSING)}
+            log.info("no drift in %d trips against v%s (highest: %s)", result.events, reference.model_version,
+                     ", ".join(f"{t} {v:.3f} {f}" for t, (v, f) in top.items()))
+            return info
+        self.stats["drifted_windows"] += 1
+        thresholds = {drift.JS: result.thresholds.js, drift.LINF: result.thresholds.linf,
+                      drift.MISSING: result.thresholds.missing}
+        worst = max(result.drifted, key=lambda f: max(result.scores[f][t] / thresholds[t] for t in result.drifted[f]))
+        stamp = datetime.now(timezone.utc)
+        details = {**result.as_details(), "window_start": started, "window_end": now,
+                   "reference_statistics_uri": reference.statistics_uri, "reference_split": reference.split}
+        record = events.DataQualityV2(source=NAME, kind="drift", check="drift", passed=False, feature=worst,
+                                      details=details, reference=self.reference.labels(), timestamp=stamp)
+        self.producer.produce_raw(topics.DATA_QUALITY, record.to_bytes(), b"drift")
+        try:
+            reports = self.settings.state_dir / "drift" / "reports"
+            reports.mkdir(parents=True, exist_ok=True)
+            path = reports / f"{stamp.strftime('%Y%m%dT%H%M%S%fZ')}-{reference.model_version}.json"
+            path.write_text(json.dumps(record.model_dump(mode="json"), indent=1))
+            info["report"] = str(path)
+        except OSError as exc:  # the record is out; a full disk must not stop the checks
+            log.error("drift report not written: %s", exc)
+        log.warning("drift in %d trips against v%s: %s", result.events, reference.model_version,
+                    {f: {t: result.scores[f][t] for t in tests} for f, tests in result.drifted.items()})
+        return info
 
     # ---- offsets --------------------------------------------------------------------------
     def _commit(self, only: set[tuple[str, int]] | None = None) -> None:
@@ -278,7 +354,10 @@ class DataQualityWorker:
         return {"name": NAME, "group": GROUP, "phase": self.phase, "metrics": self.metrics_url, **self.stats,
                 "reference": ({**ref.labels(), "coverage": ref.validator.coverage,
                                "unaccounted": ref.validator.unaccounted} if ref else None),
-                "reference_error": self.reference_error}
+                "reference_error": self.reference_error,
+                "drift": {"pending_events": self.drift_window.events, "last": self.last_drift,
+                          "reference": ref.drift.model_version if ref and ref.drift else None,
+                          "error": ref.drift_error if ref else None}}
 
 
 def _summary(s: dict) -> str:
