@@ -95,6 +95,28 @@ async def swaps_under_load(settings, url, trips, rate, versions: tuple[str, str]
     return await load
 
 
+def router_cost_us(n: int = 200_000) -> dict[str, float]:
+    """The routing decision itself, in-process (no network, no noise from the other phases)."""
+    from taxi_mlops.gateway.router import ExperimentRoute, Router, RoutingPolicy
+
+    routers = {
+        "single": Router(RoutingPolicy.model_validate(SINGLE)),
+        "split 50/50": Router(RoutingPolicy.model_validate({**SPLIT, "split": [
+            {"name": "a", "target": "champion", "weight": 0.5}, {"name": "b", "target": "7", "weight": 0.5}]})),
+        "split + shadow": Router(RoutingPolicy.model_validate({**SPLIT, "shadow": {"target": "5", "percent": 100}})),
+        "experiment": Router(RoutingPolicy(), ExperimentRoute("e", {"control": 0.5, "treatment": 0.5},
+                                                             {"control": "1", "treatment": "2"})),
+    }
+    trips = [{"trip_id": f"t{i}"} for i in range(1000)]
+    out = {}
+    for name, router in routers.items():
+        start = time.perf_counter()
+        for i in range(n):
+            router.route(trips[i % 1000])
+        out[name] = (time.perf_counter() - start) / n * 1e6
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rate", type=float, default=40.0)
@@ -148,6 +170,8 @@ def main() -> None:
     print(f"| {args.swaps} alias swaps under load | {len(swap_lat)} | {s['p50_ms']:.2f} | {s['p99_ms']:.2f} | "
           f"{s['p99_ms'] - base['p99_ms']:+.2f} ms | {bad} |")
     print(f"\nstatuses during swaps: {swap_st}")
+    print("\nrouting decision in-process (Router.route, per request): " +
+          ", ".join(f"{k} {v:.1f} µs" for k, v in router_cost_us().items()))
 
 
 if __name__ == "__main__":
