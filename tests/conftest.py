@@ -52,7 +52,11 @@ def settings(tmp_path_factory) -> Settings:
                     # Fast scrapes and alert grouping so alert tests wait seconds, not minutes.
                     scrape_interval_s=1.0, alert_group_wait_s=1.0,
                     # Fast registry polls and routing refreshes: rollout tests await swaps.
-                    registry_poll_s=1.0, unload_grace_s=2.0, routing_refresh_s=0.5)
+                    registry_poll_s=1.0, unload_grace_s=2.0, routing_refresh_s=0.5,
+                    # The closed loop's hooks are off for the session: an alert fired by one
+                    # test must not retrain in the background under the others.
+                    # tests/test_retrain_stack.py turns them on for itself.
+                    retrain_alerts="")
 
 
 @pytest.fixture(scope="session")

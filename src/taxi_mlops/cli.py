@@ -84,6 +84,15 @@ def stack_status(settings: Settings) -> dict:
     components["feast"] = {"path": str(settings.feast_repo), "registry": str(registry),
                            "healthy": registry.exists()}
     components["mlmd"] = {"path": str(settings.mlmd_path), "healthy": settings.mlmd_path.exists()}
+    from taxi_mlops.retrain.guard import Guard
+
+    try:  # the closed loop's guard: last runs, what runs now, when the next may start
+        retrain = Guard.from_settings(settings).state(limit=3)
+        last = retrain["runs"][0] if retrain["runs"] else None
+        components["retrain"] = {"path": retrain["db"], "healthy": not (last and last["status"] == "failed"),
+                                 "phase": last["status"] if last else "never run", **retrain}
+    except Exception as exc:  # noqa: BLE001 - status reports, it never fails on one component
+        components["retrain"] = {"healthy": False, "error": f"{type(exc).__name__}: {exc}"}
     return {"state_dir": str(settings.state_dir), "components": components}
 
 
@@ -148,6 +157,20 @@ def cmd_train(settings: Settings, args) -> int:
                           f"{float(ref.tags.get('eval_auc', 'nan')):.3f}")
     if not args.no_deploy and champion:
         return cmd_deploy(settings, args)
+    return 0
+
+
+def cmd_retrain(settings: Settings, args) -> int:
+    """The closed loop once, in the foreground: guard -> data version -> train -> experiment."""
+    from taxi_mlops.retrain import loop
+
+    _require_up(settings, ("redis", "mlflow", "kafka"))
+    outcome = loop.trigger(settings, args.reason, progress=lambda m: console.print(f"  {m}"))
+    if not outcome["started"]:
+        raise CliError(f"retrain refused: {outcome['reason']}")
+    if outcome.get("error"):
+        raise CliError(f"retrain {outcome['run_id']} failed: {outcome['error']}")
+    console.print(f"retrain {outcome['run_id']} finished in {outcome['seconds']:.0f}s")
     return 0
 
 
@@ -365,6 +388,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="model family the Trainer builds on the shared Transform output")
     p.add_argument("--no-deploy", action="store_true", help="do not reload the model server")
     p.set_defaults(func=cmd_train)
+    p = sub.add_parser("retrain", help="fresh data version from the stream, train, start an experiment")
+    p.add_argument("--reason", default="manual", help="recorded on the MLflow run (retrain.reason)")
+    p.set_defaults(func=cmd_retrain)
     sub.add_parser("deploy", help="load the current champion into the model server").set_defaults(
         func=cmd_deploy)
     p = sub.add_parser("predict", help="send sample trips, a JSON file or a CSV through the gateway")

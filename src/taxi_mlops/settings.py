@@ -101,6 +101,16 @@ class Settings(BaseSettings):
         "<state_dir>/admin_token at the first `up`."))
     data_csv: Path = paths.PROJECT_ROOT / "data" / "chicago_taxi" / "data.csv"
 
+    # ---- closed-loop retraining (issue 8, taxi_mlops.retrain) -----------------------------
+    retrain_alerts: str = Field(
+        "TaxiFeatureDrift,TaxiLiveAccuracyBelowEval,TaxiPredictionDrift",
+        description="Comma-separated alertnames whose firing starts a retrain (empty: none).")
+    retrain_cooldown_s: float = Field(
+        3600.0, ge=0, description="No retrain starts within this long of the last one's start.")
+    retrain_max_per_day: int = Field(4, ge=0, description="At most this many retrains in any 24 hours.")
+    retrain_interval_s: float | None = Field(
+        None, gt=0, description="Scheduled retraining every this many seconds (`python -m taxi_mlops.retrain --every`).")
+
     pipeline_python: Path | None = Field(None, description="Python of the TFX virtual environment.")
     request_timeout_s: float = Field(2.0, description="Timeout of every gateway call to a dependency.")
     startup_timeout_s: float = 120.0

@@ -79,9 +79,13 @@ def alertmanager_service(settings: Settings) -> Service:
 
 
 def alert_receiver_service(settings: Settings, hooks: list[str] | None = None) -> Service:
-    """``hooks``: ``ALERTNAME=package.module:function`` specs (see observability.receiver)."""
+    """``hooks``: more ``ALERTNAME=package.module:function`` specs (see observability.receiver)
+    besides the closed loop's: every alert in ``settings.retrain_alerts`` starts a guarded
+    retrain (``taxi_mlops.retrain``)."""
+    retrain_hooks = [f"{name.strip()}=taxi_mlops.retrain.loop:on_alert"
+                     for name in settings.retrain_alerts.split(",") if name.strip()]
     command = [sys.executable, "-m", "taxi_mlops.observability.receiver"]
-    for spec in hooks or []:
+    for spec in retrain_hooks + list(hooks or []):
         command += ["--hook", spec]
     return Service(
         name="alert_receiver",
