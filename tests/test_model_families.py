@@ -10,14 +10,14 @@ registered as ``challenger`` only if blessed. The champion alias is left as it w
 from __future__ import annotations
 
 import json
-import time
 
 import pytest
 from ml_metadata.proto import metadata_store_pb2
 
 from taxi_mlops.lineage import mlmd
-from taxi_mlops.pipeline import launcher, metrics as run_metrics, quality
+from taxi_mlops.pipeline import launcher, quality
 from taxi_mlops.registry import models
+from tests.conftest import restore_pipeline_metrics
 
 pytestmark = pytest.mark.slow
 
@@ -150,10 +150,5 @@ def test_linear_family_reuses_transform_and_is_gated_like_the_dnn(trained, setti
         if challenger is not None and (before is None or challenger.version != before.version):
             # This run made it; other tests assume no challenger unless they make one.
             client.delete_registered_model_alias(settings.model_name, models.CHALLENGER)
-        # The Pushgateway keeps the last run's figures (one job, no family label), and later
-        # tests read them as the champion's: put the session's dnn run back.
-        dnn = trained["result"]
-        run_metrics.push(settings.pushgateway_url, run_metrics.build_registry(
-            success=True, run_seconds=dnn.seconds, finished_at=time.time(),
-            component_seconds=dnn.component_seconds, eval_metrics=dnn.eval_metrics))
+        restore_pipeline_metrics(settings, trained)  # later tests read the dnn run's figures
     assert again is not None and again.version == champion.version

@@ -18,6 +18,7 @@ from taxi_mlops.registry import models
 from taxi_mlops.retrain.guard import Guard
 from taxi_mlops.stack.process import wait_for
 from taxi_mlops.streaming import replay
+from tests.conftest import restore_pipeline_metrics
 
 pytestmark = pytest.mark.slow
 
@@ -57,7 +58,7 @@ def loop_on(stack, settings, supervisor):
     supervisor.start(monitoring.alert_receiver_service(settings))
 
 
-def test_alert_retrains_on_fresh_data_and_starts_experiment(stack, settings, champion, loop_on):
+def test_alert_retrains_on_fresh_data_and_starts_experiment(stack, settings, champion, trained, loop_on):
     client = models.client(settings.mlflow_tracking_uri)
     guard = Guard.from_settings(settings)
     assert guard.state()["runs"] == [], "a retrain ran before this test: the loop fired on its own"
@@ -121,5 +122,6 @@ def test_alert_retrains_on_fresh_data_and_starts_experiment(stack, settings, cha
                        headers={"Authorization": f"Bearer {token}"})
         if models.by_alias(settings.mlflow_tracking_uri, settings.model_name, models.CHALLENGER):
             client.delete_registered_model_alias(settings.model_name, models.CHALLENGER)
+        restore_pipeline_metrics(settings, trained)  # later tests read the session run's figures
         now = models.by_alias(settings.mlflow_tracking_uri, settings.model_name, models.CHAMPION)
         assert now is not None and now.version == champion.version, "the retrain moved the champion"
