@@ -89,21 +89,22 @@ class Control:
 
     # ---- experiments ------------------------------------------------------------------------
     def start_experiment(self, spec: ExperimentSpec, actor: str) -> dict:
+        """``actions.start_experiment`` (arms resolved to versions now, stored, audited), its
+        refusals turned into 4xx naming the field."""
         if spec.model_name != self.settings.model_name:
             raise InvalidField("model_name", f"model {spec.model_name!r} is not served here; "
                                              f"this gateway serves {self.settings.model_name!r}")
         self._check_sticky_key("sticky_key", spec.sticky_key)
-        control = self._resolve("control", spec.control)
-        treatment = self._resolve("treatment", spec.treatment)
-        if control == treatment:
-            raise InvalidField("treatment", f"control and treatment are both version {control}: "
-                                            "an experiment needs two different versions")
-        experiment = Experiment.new(spec, control_version=control, treatment_version=treatment)
         try:
-            self.store.create(experiment)
+            experiment, _ = actions.start_experiment(self.settings, self.store, spec, actor=actor)
+        except actions.UnknownVersion as exc:
+            raise InvalidField(getattr(exc, "field", "control"), str(exc)) from exc
+        except actions.ActionRefused as exc:  # both arms are the same version
+            raise InvalidField("treatment", str(exc)) from exc
         except ExperimentConflict as exc:
             raise Conflict(str(exc)) from exc
-        actions.record_experiment_event(self.settings, experiment, "experiment_started", actor=actor)
+        except actions.RegistryUnavailable as exc:
+            raise DependencyDown("model_registry", str(exc)) from exc
         self.refresh(force=True)
         return self.experiment(experiment.id)
 
@@ -117,13 +118,13 @@ class Control:
         return [experiment_status(self.store, e) for e in self.store.list(self.settings.model_name)]
 
     def stop_experiment(self, experiment_id: str, actor: str) -> dict:
-        experiment = self.store.get(experiment_id)
-        if experiment is None:
-            raise NotFound(f"no experiment {experiment_id!r}")
-        if not self.store.update_status(experiment_id, "stopped", {"reason": f"stopped by {actor}"}):
-            raise Conflict(f"experiment {experiment_id} is not running (status {experiment.status})")
-        actions.record_experiment_event(self.settings, self.store.get(experiment_id),
-                                        "experiment_stopped", actor=actor)
+        try:
+            actions.stop_experiment(self.settings, self.store, experiment_id, actor=actor,
+                                    reason=f"stopped by {actor}")
+        except actions.UnknownExperiment as exc:
+            raise NotFound(str(exc)) from exc
+        except actions.ActionRefused as exc:
+            raise Conflict(str(exc)) from exc
         self.refresh(force=True)
         return self.experiment(experiment_id)
 

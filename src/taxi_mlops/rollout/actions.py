@@ -308,8 +308,14 @@ def start_experiment(settings: Settings, store, spec, *, actor: str = "cli", rea
     arms are the same version) or ``store.ExperimentConflict`` (one is running already)."""
     from taxi_mlops.rollout.experiment import Experiment
 
-    control = resolve(settings, spec.control, spec.model_name)
-    treatment = resolve(settings, spec.treatment, spec.model_name)
+    resolved = {}
+    for arm in ("control", "treatment"):
+        try:
+            resolved[arm] = resolve(settings, getattr(spec, arm), spec.model_name)
+        except UnknownVersion as exc:
+            exc.field = arm  # which arm, for a 4xx that names the field
+            raise
+    control, treatment = resolved["control"], resolved["treatment"]
     if control == treatment:
         raise ActionRefused(f"control '{spec.control}' and treatment '{spec.treatment}' are both "
                             f"version {control} of model '{spec.model_name}'; set the challenger "

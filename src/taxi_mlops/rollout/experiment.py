@@ -108,12 +108,6 @@ class Experiment(BaseModel):
     decided_at: datetime | None = None
     decision: dict[str, Any] | None = None
 
-    @classmethod
-    def new(cls, spec: ExperimentSpec, *, control_version: str, treatment_version: str) -> "Experiment":
-        """A running experiment with its arms resolved to versions (a fresh id)."""
-        return cls(spec=spec, control_version=str(control_version),
-                   treatment_version=str(treatment_version))
-
     @property
     def model_name(self) -> str:
         return self.spec.model_name
