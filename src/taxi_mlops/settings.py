@@ -28,6 +28,7 @@ class Settings(BaseSettings):
     mlflow_port: int = 5050
     model_server_port: int = 8090
     gateway_port: int = 8000
+    ui_port: int = Field(8501, description="The control room (Streamlit).")
 
     mlflow_backend_uri: str | None = Field(
         None, description="MLflow backend store; default sqlite in the state dir. postgresql:// works too."
@@ -56,6 +57,7 @@ class Settings(BaseSettings):
     processor_metrics_port: int = Field(9097, description="Stream processor instance N uses this + N.")
     label_join_metrics_port: int = 9107
     quality_metrics_port: int = Field(9108, description="The data-quality worker's /metrics.")
+    prediction_store_metrics_port: int = Field(9109, description="The prediction-store worker's /metrics.")
     quality_window_events: int = Field(1000, description="Data-quality summary every N events ...")
     quality_window_s: float = Field(60.0, description="... or every this many seconds, whichever first.")
     quality_reference_refresh_s: float = Field(
@@ -189,8 +191,19 @@ class Settings(BaseSettings):
         return [v.strip() for v in self.serving_versions.split(",") if v.strip()]
 
     @property
+    def retrain_alert_names(self) -> list[str]:
+        """``retrain_alerts`` parsed: the alertnames whose firing starts a retrain."""
+        return [a.strip() for a in self.retrain_alerts.split(",") if a.strip()]
+
+    @property
     def admin_token_file(self) -> Path:
         return self.state_dir / "admin_token"
+
+    @property
+    def predictions_db(self) -> Path:
+        """Every logged prediction and label (SQLite, WAL: the prediction-store worker writes,
+        gateway workers read; ``lineage/predictions.py``)."""
+        return self.state_dir / "predictions" / "predictions.sqlite"
 
     @property
     def rollout_db(self) -> Path:
@@ -201,6 +214,10 @@ class Settings(BaseSettings):
     @property
     def gateway_url(self) -> str:
         return f"http://{self.host}:{self.gateway_port}"
+
+    @property
+    def ui_url(self) -> str:
+        return f"http://{self.host}:{self.ui_port}"
 
     @property
     def metrics_dir(self) -> Path:

@@ -27,10 +27,6 @@ HTTP_TIMEOUT_S = 10.0
 TAG_PREFIX = "retrain."
 
 
-def alert_names(settings: Settings) -> list[str]:
-    return [a.strip() for a in settings.retrain_alerts.split(",") if a.strip()]
-
-
 def _trigger_info(reason: str, alert: dict | None) -> dict:
     info = {"reason": reason}
     if alert:
@@ -200,7 +196,7 @@ def on_alert(record: dict) -> None:
     """Alert receiver hook: a firing alert named in ``settings.retrain_alerts`` starts the loop
     in a background thread (the guard decides whether it actually runs)."""
     settings = Settings()
-    if record.get("status") != "firing" or record.get("alertname") not in alert_names(settings):
+    if record.get("status") != "firing" or record.get("alertname") not in settings.retrain_alert_names:
         return
     reason = f"alert {record.get('alertname')} (id {record.get('id')})"
     thread = threading.Thread(target=_run_quietly, args=(settings, reason, record),

@@ -82,8 +82,7 @@ def alert_receiver_service(settings: Settings, hooks: list[str] | None = None) -
     """``hooks``: more ``ALERTNAME=package.module:function`` specs (see observability.receiver)
     besides the closed loop's: every alert in ``settings.retrain_alerts`` starts a guarded
     retrain (``taxi_mlops.retrain``)."""
-    retrain_hooks = [f"{name.strip()}=taxi_mlops.retrain.loop:on_alert"
-                     for name in settings.retrain_alerts.split(",") if name.strip()]
+    retrain_hooks = [f"{name}=taxi_mlops.retrain.loop:on_alert" for name in settings.retrain_alert_names]
     command = [sys.executable, "-m", "taxi_mlops.observability.receiver"]
     for spec in retrain_hooks + list(hooks or []):
         command += ["--hook", spec]
