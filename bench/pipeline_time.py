@@ -1,13 +1,19 @@
-"""Time the TFX pipeline cold (empty state) and again with nothing changed (cache hits).
+"""Time the TFX pipeline cold (empty state) and again with nothing changed (a run with the
+same inputs and champion is answered from its run record without launching TFX).
 
 Starts its own Redis and MLflow on free ports with a temporary state directory, so it can
 run beside a developer's stack.
 
     .venv/bin/python bench/pipeline_time.py
+
+Figures depend on the machine's load (printed after each run): compare two launchers in
+the same session, e.g. an older tree with ``PYTHONPATH=<tree>/src`` (the tree needs the
+data CSV) right before or after this one.
 """
 
 from __future__ import annotations
 
+import os
 import tempfile
 import time
 from pathlib import Path
@@ -40,7 +46,15 @@ def main() -> None:
 
             result = launcher.run_training(settings, progress=on_event)
             steps = ", ".join(f"{k} {v:.1f}s" for k, v in timings.items())
-            print(f"pipeline {label}: {result.seconds:.1f}s  [{steps}]")
+            data = result.component_seconds.get("data", 0.0)
+            # TFX's start (imports, compiling the DAG) and end, the registry and MLMD look-ups.
+            rest = result.seconds - data - sum(timings.values())
+            print(f"pipeline {label}: {result.seconds:.1f}s  (data {data:.1f}s, components "
+                  f"{sum(timings.values()):.1f}s, launch and the rest {rest:.1f}s)  [{steps}]")
+            reused = getattr(result, "reused", None)  # older launchers have no such field
+            if reused:
+                print(f"  not launched: {reused['reason']} (no component ran)")
+            print(f"  load average {' '.join(f'{x:.1f}' for x in os.getloadavg())}")
     finally:
         sup.stop("mlflow")
         sup.stop("redis")

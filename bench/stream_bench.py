@@ -31,6 +31,7 @@ from pathlib import Path
 
 from taxi_mlops.features import store
 from taxi_mlops.settings import Settings
+from taxi_mlops.stack import services
 from taxi_mlops.stack.process import Service, Supervisor, wait_for
 from taxi_mlops.stack.streaming import kafka_service, processor_service
 from taxi_mlops.streaming import broker, events, processor, status, topics
@@ -40,16 +41,9 @@ AREAS = list(range(1, 78))
 
 
 def redis_service(settings: Settings) -> Service:
-    import redis
-
-    data = settings.state_dir / "redis"
-    return Service(name="redis", url=settings.redis_url,
-                   command=[shutil.which("redis-server") or "/usr/bin/redis-server", "--bind", settings.host,
-                            "--port", str(settings.redis_port), "--dir", str(data), "--save", "",
-                            "--appendonly", "no"],
-                   healthy=lambda: redis.Redis(host=settings.host, port=settings.redis_port,
-                                               socket_timeout=1).ping(),
-                   prepare=lambda: data.mkdir(parents=True, exist_ok=True))
+    """The stack's Redis (with its password), without persistence: the bench measures the
+    stream, not the disk."""
+    return services.redis_service(settings, persistent=False)
 
 
 def synthetic(n_trips: int, start: datetime, seed: int = 1):

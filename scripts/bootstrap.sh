@@ -15,6 +15,8 @@ ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || need+=(postgresql)  # tes
 command -v prometheus >/dev/null || need+=(prometheus)            # with promtool
 command -v prometheus-alertmanager >/dev/null || need+=(prometheus-alertmanager)  # with amtool
 command -v prometheus-pushgateway >/dev/null || need+=(prometheus-pushgateway)
+command -v chromium >/dev/null || need+=(chromium)                # tests: the UI in a real browser
+command -v chromedriver >/dev/null || need+=(chromium-driver)
 if [ ${#need[@]} -gt 0 ]; then
   step "installing Debian packages: ${need[*]}"
   SUDO=""; [ "$(id -u)" = 0 ] || SUDO="sudo"

@@ -41,7 +41,7 @@ def settings(tmp_path_factory) -> Settings:
     return Settings(state_dir=state, redis_port=free_port(), mlflow_port=free_port(),
                     # Two model-server replicas (ports N, N+1): the gateway balances them.
                     model_server_port=free_port_pair(), model_server_replicas=2,
-                    gateway_port=free_port(),
+                    gateway_port=free_port(), ui_port=free_port(),
                     kafka_port=free_port(), kafka_controller_port=free_port(),
                     kafka_bootstrap_override=None, request_timeout_s=2.0,
                     prometheus_port=free_port(), prometheus_external_url=None,
@@ -49,6 +49,7 @@ def settings(tmp_path_factory) -> Settings:
                     alert_receiver_port=free_port(), kafka_metrics_port=free_port(),
                     processor_metrics_port=free_port(), label_join_metrics_port=free_port(),
                     quality_metrics_port=free_port(), quality_window_s=5.0,
+                    prediction_store_metrics_port=free_port(),
                     # Fast scrapes and alert grouping so alert tests wait seconds, not minutes.
                     scrape_interval_s=1.0, alert_group_wait_s=1.0,
                     # Fast registry polls and routing refreshes: rollout tests await swaps.
@@ -56,7 +57,9 @@ def settings(tmp_path_factory) -> Settings:
                     # The closed loop's hooks are off for the session: an alert fired by one
                     # test must not retrain in the background under the others.
                     # tests/test_retrain_stack.py turns them on for itself.
-                    retrain_alerts="")
+                    retrain_alerts="",
+                    # The keeper restarts crashed services after 0.5 s (tests await the heal).
+                    restart_backoff_s=0.5)
 
 
 @pytest.fixture(scope="session")
@@ -75,6 +78,17 @@ def base_stack(settings, supervisor):
     yield settings
     for service in reversed(services.all_services(settings)):
         supervisor.stop(service.name)
+
+
+@pytest.fixture
+def keeper_paused(stack, settings, supervisor):
+    """The keeper stopped for a test that needs a killed service to stay down (what the
+    gateway does without it, the alert on a dead target); started again afterwards."""
+    from taxi_mlops.stack import keeper
+
+    supervisor.stop(keeper.NAME)
+    yield
+    supervisor.start(services.keeper_service(settings))
 
 
 def restore_pipeline_metrics(settings: Settings, trained: dict) -> None:

@@ -74,7 +74,7 @@ def test_health_reports_each_dependency(stack):
     assert deps["model_server"]["ok"] and deps["feature_store"]["ok"]
 
 
-def test_model_server_down_gives_503_then_recovers(stack, supervisor, trip):
+def test_model_server_down_gives_503_then_recovers(stack, supervisor, trip, keeper_paused):
     replicas = services.model_server_services(stack)
     for replica in replicas:  # every replica: with one left, the gateway would still answer
         supervisor.kill(replica.name)

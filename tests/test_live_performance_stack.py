@@ -34,7 +34,7 @@ def _value(samples: dict, name: str, **labels) -> float | None:
     return found[0] if found else None
 
 
-def test_label_join_estimates_accuracy_before_labels_and_scores_prediction_drift(
+def test_label_join_estimates_accuracy_before_labels_and_scores_prediction_drift_and_label_shift(
         observed_stack, settings, champion, tmp_path):
     series = {"model_name": champion.name, "model_version": champion.version}
     # A clean replay of fresh trips (a slice of the same CSV, new ids) so the champion has well
@@ -44,13 +44,16 @@ def test_label_join_estimates_accuracy_before_labels_and_scores_prediction_drift
     trips = pd.read_csv(settings.data_csv)
     wanted = 2 * live_performance.DRIFT_MIN_PREDICTIONS  # a baseline with less noise than at 200
 
-    def predicted() -> float:
-        return _value(_samples(settings), "taxi_live_predictions", **series) or 0
+    def enough() -> bool:
+        s = _samples(settings)
+        return (_value(s, "taxi_live_predictions", **series) or 0) >= wanted \
+            and (_value(s, "taxi_live_joined", **series) or 0) >= live_performance.LABEL_SHIFT_MIN_LABELS
 
     # The replay skips a trip when every request slot is busy (a slow, shared machine answers
-    # fewer): more slices until the window holds enough.
+    # fewer): more slices until the window holds enough (predictions, and labelled pairs for
+    # the label-shift test).
     for i, start in enumerate(range(400, 4400, 1000)):
-        if wait_for(lambda: predicted() >= wanted, 10, 1.0):
+        if wait_for(enough, 10, 1.0):
             break
         slice_csv = tmp_path / f"slice-{i}.csv"
         trips.iloc[start:start + 1000].to_csv(slice_csv, index=False)
@@ -63,7 +66,8 @@ def test_label_join_estimates_accuracy_before_labels_and_scores_prediction_drift
         s = _samples(settings)
         return (_value(s, "taxi_live_predictions", **series) or 0) >= live_performance.DRIFT_MIN_PREDICTIONS \
             and _value(s, "taxi_prediction_drift_score", **series) is not None \
-            and (_value(s, "taxi_live_joined", **series) or 0) >= 200
+            and (_value(s, "taxi_live_joined", **series) or 0) >= live_performance.LABEL_SHIFT_MIN_LABELS \
+            and _value(s, "taxi_label_shift_detected", **series) is not None
     assert wait_for(scored, 120, 1.0), {k: v for k, v in _samples(settings).items()
                                         if k[0].startswith(("taxi_live", "taxi_prediction"))}
     samples = _samples(settings)
@@ -91,3 +95,33 @@ def test_label_join_estimates_accuracy_before_labels_and_scores_prediction_drift
     assert cached.exists()
     doc = json.loads(cached.read_text())
     assert doc["model_name"] == champion.name and len(doc["counts"]) == live_performance.N_BINS
+    _check_no_label_shift(settings, champion, series, doc)
+
+
+def _check_no_label_shift(settings, champion, series: dict, doc: dict) -> None:
+    """The clean replays' labels (the data set's own) against the champion's eval split: scored
+    from the same cached calibration.json, and no shift."""
+    def settled() -> bool:  # the test runs once a second; the replay's last labels may still land
+        s = _samples(settings)
+        rate, ref, effect = (_value(s, n, **series) for n in (
+            "taxi_live_positive_rate", "taxi_label_reference_rate", "taxi_label_shift_effect"))
+        return None not in (rate, ref, effect) and abs(effect - (rate / ref - 1)) < 1e-9
+
+    assert wait_for(settled, 60, 1.0), {k: v for k, v in _samples(settings).items() if "label" in k[0]}
+    samples = _samples(settings)
+    joined = _value(samples, "taxi_live_joined", **series)
+    rate = _value(samples, "taxi_live_positive_rate", **series)
+    reference = _value(samples, "taxi_label_reference_rate", **series)
+    effect = _value(samples, "taxi_label_shift_effect", **series)
+    p_value = _value(samples, "taxi_label_shift_p_value", **series)
+    detected = _value(samples, "taxi_label_shift_detected", **series)
+    print(f"\nlabel shift v{champion.version}: joined={joined:.0f} rate={rate:.4f} reference={reference:.4f} "
+          f"effect={effect:+.3f} p={p_value:.3g} detected={detected:.0f}")
+    assert joined >= live_performance.LABEL_SHIFT_MIN_LABELS
+    assert reference == pytest.approx(doc["labels"]["positives"] / doc["labels"]["examples"])
+    assert 0.15 < reference < 0.30                       # this data set: ~0.22 big tippers
+    assert effect == pytest.approx(rate / reference - 1)
+    assert detected == 0 and not (p_value < live_performance.LABEL_SHIFT_ALPHA
+                                  and abs(effect) >= live_performance.LABEL_SHIFT_MIN_EFFECT)
+    # The rule fires on this metric (a change to either name would silence the alert).
+    assert "taxi_label_shift_detected" in RULES.read_text() and "alert: TaxiLabelShift" in RULES.read_text()

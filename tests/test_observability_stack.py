@@ -52,7 +52,7 @@ def test_one_request_is_followed_across_components_in_the_logs(observed_stack, t
 
 @pytest.mark.slow
 def test_a_killed_model_server_fires_component_down_through_alertmanager_to_our_receiver(
-        observed_stack, supervisor):
+        observed_stack, supervisor, keeper_paused):
     """kill -9 -> `up == 0` for 30 s -> Alertmanager -> webhook -> receiver -> `alerts`."""
     settings = observed_stack
     killed_at = time.time()  # an earlier test's kill may have fired (and resolved) one already

@@ -392,7 +392,7 @@ def _replica_requests(url: str) -> float:
                if line.startswith("taxi_model_server_requests_total{"))
 
 
-def test_replicas_share_the_load_and_a_dead_one_fails_no_request(stack, supervisor):
+def test_replicas_share_the_load_and_a_dead_one_fails_no_request(stack, supervisor, keeper_paused):
     """Two model-server replicas: least-outstanding balancing uses both; kill -9 one under
     steady load and every request is still answered (the gateway retries on the other:
     inference has no side effects); restarted, it is back in rotation."""

@@ -60,7 +60,7 @@ def cmd_down(settings: Settings, args) -> int:
 
 
 def stack_status(settings: Settings) -> dict:
-    from taxi_mlops.stack import services
+    from taxi_mlops.stack import keeper, services
     from taxi_mlops.stack.process import Supervisor, _safe, http_ok
 
     sup = Supervisor(settings)
@@ -69,6 +69,11 @@ def stack_status(settings: Settings) -> dict:
         healthy = _safe(service.healthy)
         entry = {"url": service.url, "healthy": healthy, "pid": sup.pid(service.name),
                  "log": str(sup.log_path(service.name))}
+        restarts = keeper.read_state(settings.run_dir, service.name)
+        entry["restarts"] = restarts.restarts
+        if restarts.state != "ok":  # backoff (about to restart) or failed (given up)
+            entry["restart_state"] = restarts.state
+            entry["restart_reason"] = restarts.reason
         if healthy and service.details:
             entry.update(service.details())
         components[service.name] = entry
@@ -105,9 +110,13 @@ def cmd_status(settings: Settings, args) -> int:
     for col in ("component", "health", "url / path", "pid", "details"):
         table.add_column(col)
     shown = ("version", "phase", "processed", "joined", "model", "docs", "targets", "down", "firing",
-             "groups", "alerts_stored")
+             "groups", "alerts_stored", "restarts", "restart_reason")
     for name, c in status["components"].items():
         health = "[green]ok[/]" if c["healthy"] else "[red]down[/]"
+        if c.get("restart_state") == "failed":
+            health = "[red]failed[/]"
+        elif c.get("restart_state") == "backoff":
+            health = "[yellow]restarting[/]"
         details = " ".join(f"{k}={c[k]}" for k in shown if c.get(k) not in (None, "", {}))
         table.add_row(name, health, c.get("url") or c.get("path", ""), str(c.get("pid") or ""), details)
     console.print(table)
@@ -147,6 +156,8 @@ def cmd_train(settings: Settings, args) -> int:
 
         result = launcher.run_training(settings, progress=on_event, family=args.family, **overrides)
     console.print(f"pipeline ({result.family}) finished in {result.seconds:.1f}s (log: {result.log_path})")
+    if result.reused:  # nothing changed since a run already judged against this champion
+        console.print(f"  [yellow]not run again:[/] {result.reused.get('reason')}")
     champion = models.by_alias(settings.mlflow_tracking_uri, settings.model_name, models.CHAMPION)
     challenger = models.by_alias(settings.mlflow_tracking_uri, settings.model_name, models.CHALLENGER)
     for ref in (champion, challenger):
@@ -171,6 +182,22 @@ def cmd_retrain(settings: Settings, args) -> int:
     if outcome.get("error"):
         raise CliError(f"retrain {outcome['run_id']} failed: {outcome['error']}")
     console.print(f"retrain {outcome['run_id']} finished in {outcome['seconds']:.0f}s")
+    return 0
+
+
+def cmd_deploy_or_render(settings: Settings, args) -> int:
+    """``deploy`` alone reloads the champion; ``deploy render`` generates the manifests."""
+    if args.action != "render":
+        if args.out or args.overlay:
+            raise CliError("--out and --overlay belong to `taxi-mlops deploy render`")
+        return cmd_deploy(settings, args)
+    from taxi_mlops.manifests import render
+
+    if args.overlay:
+        print(render.dump(render.resolve_overlay(settings, args.overlay)), end="")
+        return 0
+    for path in render.render(settings, args.out):
+        console.print(f"wrote {path}")
     return 0
 
 
@@ -292,6 +319,7 @@ def cmd_stream_replay(settings: Settings, args) -> int:
 
 
 def cmd_urls(settings: Settings, args) -> int:
+    console.print(f"control room {settings.ui_url}  (Streamlit UI)")
     console.print(f"gateway      {settings.gateway_url}/docs")
     console.print(f"model server {settings.model_server_url}/v2/models/{settings.model_name}")
     console.print(f"MLflow       {settings.mlflow_tracking_uri}")
@@ -308,9 +336,22 @@ def cmd_urls(settings: Settings, args) -> int:
 
 
 def cmd_lineage(settings: Settings, args) -> int:
-    """Where the last pushed model came from, read from ML Metadata."""
+    """Where the last pushed model came from, read from ML Metadata; with ``--request-id``,
+    one prediction's chain through the gateway (model, run, pipeline, data, label)."""
     from taxi_mlops.lineage import mlmd
 
+    if getattr(args, "request_id", None):
+        from taxi_mlops.lineage import report
+
+        try:
+            chain = report.fetch(settings, args.request_id)
+        except report.LineageUnavailable as exc:
+            raise CliError(str(exc)) from exc
+        if args.json:
+            print(json.dumps(chain, indent=2, default=str))
+        else:
+            report.show(console, chain)
+        return 0
     try:
         nodes = mlmd.serving_lineage(settings.mlmd_path)
     except (FileNotFoundError, LookupError) as exc:
@@ -391,8 +432,13 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("retrain", help="fresh data version from the stream, train, start an experiment")
     p.add_argument("--reason", default="manual", help="recorded on the MLflow run (retrain.reason)")
     p.set_defaults(func=cmd_retrain)
-    sub.add_parser("deploy", help="load the current champion into the model server").set_defaults(
-        func=cmd_deploy)
+    p = sub.add_parser("deploy", help="load the current champion into the model server; "
+                                      "`deploy render`: write the Kubernetes and compose manifests")
+    p.add_argument("action", nargs="?", choices=("render",), help="render: generate deploy/k8s and deploy/compose")
+    p.add_argument("--out", type=Path, help="render: output folder (default: the repo's deploy/)")
+    p.add_argument("--overlay", choices=("dev", "prod"),
+                   help="render: print this overlay's resolved documents instead (for kubectl apply -f -)")
+    p.set_defaults(func=cmd_deploy_or_render)
     p = sub.add_parser("predict", help="send sample trips, a JSON file or a CSV through the gateway")
     p.add_argument("--file", help="JSON file with one trip or a list of trips, or a CSV of trips "
                                   "(the data set's columns) scored in batches of 1,000")
@@ -425,8 +471,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="one JSON object per line")
     p.set_defaults(func=cmd_logs)
     sub.add_parser("urls", help="where everything is").set_defaults(func=cmd_urls)
-    sub.add_parser("lineage", help="ML Metadata lineage of the pushed model, back to the data version"
-                   ).set_defaults(func=cmd_lineage)
+    p = sub.add_parser("lineage", help="ML Metadata lineage of the pushed model, back to the data version")
+    p.add_argument("--request-id", help="one prediction's chain instead: model, MLflow run, pipeline, "
+                                        "DVC data version (with the command restoring it), label")
+    p.add_argument("--json", action="store_true", help="with --request-id: the API's JSON")
+    p.set_defaults(func=cmd_lineage)
     sub.add_parser("env", help="exports for the Feast SDK and CLI: "
                    "eval \"$(taxi-mlops env)\"").set_defaults(func=cmd_env)
     from taxi_mlops.rollout import cli as rollout_cli

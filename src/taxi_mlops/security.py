@@ -1,5 +1,6 @@
-"""The admin bearer token of every state-changing endpoint (experiments, promote, rollback,
-reload), in the gateway and the model server alike.
+"""The platform's secrets: the admin bearer token of every state-changing endpoint
+(experiments, promote, rollback, reload), in the gateway and the model server alike, and
+Redis's password.
 
 The token comes from ``Settings.admin_token`` (``TAXI_ADMIN_TOKEN``) or else from
 ``<state_dir>/admin_token``, which the first ``up`` generates (mode 0600). Reads stay open.
@@ -25,17 +26,34 @@ class AuthError(Exception):
         self.status, self.message = status, message
 
 
+def _secret_file(path: Path) -> str:
+    """The secret in ``path``, generated (mode 0600) when the file does not exist yet; two
+    processes generating at once agree (O_EXCL: the loser reads the winner's)."""
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        except FileExistsError:
+            pass
+        else:
+            with os.fdopen(fd, "w") as f:
+                f.write(secrets.token_urlsafe(32) + "\n")
+    return path.read_text().strip()
+
+
 def ensure_token(settings: Settings) -> str:
     """The token, generating ``admin_token_file`` if neither it nor the setting exists."""
     if settings.admin_token:
         return settings.admin_token
-    path = settings.admin_token_file
-    if not path.exists():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "w") as f:
-            f.write(secrets.token_urlsafe(32) + "\n")
+    _secret_file(settings.admin_token_file)
     return read_token(settings)
+
+
+def redis_password(settings: Settings) -> str:
+    """Redis's ``requirepass``: ``TAXI_REDIS_PASSWORD``, else ``<state_dir>/redis_password``
+    (generated on first use, mode 0600). Every client gets it through
+    ``Settings.redis_connection_string``."""
+    return settings.redis_password or _secret_file(settings.state_dir / "redis_password")
 
 
 def read_token(settings: Settings) -> str | None:

@@ -25,6 +25,8 @@ class Settings(BaseSettings):
     state_dir: Path = Field(paths.PROJECT_ROOT / ".state", description="Logs, pids, stores.")
 
     redis_port: int = 6390
+    redis_password: str | None = Field(None, description=(
+        "Redis's requirepass; default: generated into <state_dir>/redis_password (mode 0600)."))
     mlflow_port: int = 5050
     model_server_port: int = 8090
     gateway_port: int = 8000
@@ -113,6 +115,13 @@ class Settings(BaseSettings):
     retrain_interval_s: float | None = Field(
         None, gt=0, description="Scheduled retraining every this many seconds (`python -m taxi_mlops.retrain --every`).")
 
+    # ---- self-healing (issue 11, stack/keeper.py) ----------------------------------------------
+    self_heal: bool = Field(True, description="`up` starts the keeper, which restarts crashed services.")
+    restart_backoff_s: float = Field(1.0, gt=0, description="Delay before restarting after a first crash; doubles per crash.")
+    restart_backoff_max_s: float = Field(30.0, gt=0, description="The longest delay between restarts.")
+    restart_max_crashes: int = Field(5, ge=1, description="This many crashes within restart_window_s: failed, not restarted.")
+    restart_window_s: float = Field(300.0, gt=0, description="The window restart_max_crashes counts in.")
+
     pipeline_python: Path | None = Field(None, description="Python of the TFX virtual environment.")
     request_timeout_s: float = Field(2.0, description="Timeout of every gateway call to a dependency.")
     startup_timeout_s: float = 120.0
@@ -153,8 +162,11 @@ class Settings(BaseSettings):
 
     @property
     def redis_connection_string(self) -> str:
-        """Feast's Redis connection format (host:port,db=N)."""
-        return f"{self.host}:{self.redis_port},db=0,socket_timeout=2,socket_connect_timeout=2"
+        """Feast's Redis connection format (host:port,db=N,password=...): a secret, never logged."""
+        from taxi_mlops import security
+
+        return (f"{self.host}:{self.redis_port},db=0,password={security.redis_password(self)},"
+                "socket_timeout=2,socket_connect_timeout=2")
 
     @property
     def mlflow_tracking_uri(self) -> str:

@@ -16,7 +16,8 @@ def monitoring_settings(state_dir, **overrides) -> Settings:
     ports = {name: free_port() for name in (
         "prometheus_port", "pushgateway_port", "alertmanager_port", "alert_receiver_port", "gateway_port",
         "model_server_port", "mlflow_port", "kafka_port", "kafka_controller_port", "kafka_metrics_port",
-        "processor_metrics_port", "label_join_metrics_port", "quality_metrics_port", "redis_port")}
+        "processor_metrics_port", "label_join_metrics_port", "quality_metrics_port",
+        "prediction_store_metrics_port", "redis_port")}
     values = dict(state_dir=state_dir, scrape_interval_s=1.0, alert_group_wait_s=1.0,
                   startup_timeout_s=30.0, kafka_bootstrap_override=None, prometheus_external_url=None,
                   mlflow_external_uri=None)

@@ -34,8 +34,8 @@ from pydantic import BaseModel, Field, ValidationError
 from taxi_mlops import security
 from taxi_mlops.gateway import metrics as gateway_metrics
 from taxi_mlops.gateway.auth import require_admin
-from taxi_mlops.gateway.errors import (DependencyDown, register_exception_handlers,  # noqa: F401 (public)
-                                       validation_errors)
+from taxi_mlops.gateway.errors import (ADMIN, DependencyDown, documented,  # noqa: F401 (public)
+                                       register_exception_handlers, validation_errors)
 from taxi_mlops.gateway.inference import InferenceClient
 from taxi_mlops.gateway.metrics import GatewayMetrics
 from taxi_mlops.gateway.middleware import (BodyLimit, MetricsMiddleware, RequestIdMiddleware,
@@ -43,7 +43,7 @@ from taxi_mlops.gateway.middleware import (BodyLimit, MetricsMiddleware, Request
 from taxi_mlops.gateway.predictor import Predictor, default_policy
 from taxi_mlops.gateway.router import Router, RoutingPolicy
 from taxi_mlops.gateway.schemas import (MAX_BATCH, BatchRequest, BatchResponse, BatchResult,
-                                        Prediction, Trip)
+                                        HealthReport, Prediction, Trip)
 from taxi_mlops.observability import logs
 from taxi_mlops.rollout.experiment import ExperimentSpec  # noqa: E402
 from taxi_mlops.settings import Settings, get_settings
@@ -150,9 +150,9 @@ def register_middleware(app: FastAPI, metrics: GatewayMetrics | None) -> None:
 
 
 def register_predict_routes(app: FastAPI) -> None:
-    @app.post("/predict", response_model=Prediction, responses={
-        422: {"description": "Invalid trip: each error names its field."},
-        503: {"description": "A dependency (feature store or model server) is unavailable."}})
+    @app.post("/predict", response_model=Prediction, responses=documented({
+        422: "Invalid trip: each error names its field.",
+        503: "A dependency (feature store or model server) is unavailable."}))
     async def predict(trip: Trip, request: Request, background: BackgroundTasks) -> Prediction:
         ctx = request_context(request.scope)
         return await request.app.state.predictor.predict(trip, ctx["request_id"], ctx,
@@ -160,9 +160,9 @@ def register_predict_routes(app: FastAPI) -> None:
 
 
 def register_batch_routes(app: FastAPI) -> None:
-    @app.post("/predict/batch", response_model=BatchResponse, responses={
-        422: {"description": "The body is not a list of 1 to 1,000 trips."},
-        503: {"description": "A dependency (feature store or model server) is unavailable."}})
+    @app.post("/predict/batch", response_model=BatchResponse, responses=documented({
+        422: "The body is not a list of 1 to 1,000 trips.",
+        503: "A dependency (feature store or model server) is unavailable."}))
     async def predict_batch(batch: BatchRequest, request: Request) -> BatchResponse:
         """Score up to 1,000 trips in order. An invalid trip gets its own error entry (fields
         named as for /predict); the others are still answered."""
@@ -184,7 +184,8 @@ def register_batch_routes(app: FastAPI) -> None:
 
 
 def register_health_routes(app: FastAPI, settings: Settings) -> None:
-    @app.get("/health")
+    @app.get("/health", response_model=HealthReport, responses={
+        503: {"model": HealthReport, "description": "A dependency does not answer (status 'degraded')."}})
     async def health(request: Request):
         state = request.app.state
         checks = {"model_server": await state.inference.ready()}
@@ -201,6 +202,10 @@ def register_health_routes(app: FastAPI, settings: Settings) -> None:
         return JSONResponse(status_code=200 if ok else 503,
                             content={"status": "ok" if ok else "degraded", "dependencies": checks,
                                      "prediction_log": state.prediction_log.counters()})
+
+
+STORE_DOWN = "The rollout store could not be opened."
+REGISTRY_DOWN = "The rollout store or the model registry (MLflow) does not answer."
 
 
 class PromoteRequest(BaseModel):
@@ -221,13 +226,13 @@ def _control_of(request: Request):
 
 
 def register_routing_routes(app: FastAPI) -> None:
-    @app.get("/routing")
+    @app.get("/routing", responses=documented({503: STORE_DOWN}))
     async def get_routing(request: Request):
         return _control_of(request).routing()
 
-    @app.put("/routing", responses={401: {"description": "No bearer token."},
-                                    403: {"description": "Wrong bearer token."},
-                                    422: {"description": "Invalid policy: each error names its field."}})
+    @app.put("/routing", responses=documented({
+        **ADMIN, 422: "Invalid policy, or a target that is not registered: the field is named.",
+        503: REGISTRY_DOWN}))
     async def put_routing(policy: RoutingPolicy, request: Request, actor: str = Depends(require_admin)):
         """Set the base policy: split (sticky A/B/N), shadow, fallback, ensemble."""
         control = _control_of(request)
@@ -237,18 +242,19 @@ def register_routing_routes(app: FastAPI) -> None:
 
 
 def register_experiment_routes(app: FastAPI) -> None:
-    @app.get("/experiments")
+    @app.get("/experiments", responses=documented({503: STORE_DOWN}))
     async def list_experiments(request: Request):
         return {"experiments": await run_in_threadpool(_control_of(request).experiments)}
 
-    @app.get("/experiments/{experiment_id}")
+    @app.get("/experiments/{experiment_id}", responses=documented({404: "No such experiment.",
+                                                                    503: STORE_DOWN}))
     async def get_experiment(experiment_id: str, request: Request):
         return await run_in_threadpool(_control_of(request).experiment, experiment_id)
 
-    @app.post("/experiments", status_code=201, responses={
-        401: {"description": "No bearer token."}, 403: {"description": "Wrong bearer token."},
-        409: {"description": "An experiment is already running for this model."},
-        422: {"description": "Invalid spec, or a target that is not registered: the field is named."}})
+    @app.post("/experiments", status_code=201, responses=documented({
+        **ADMIN, 409: "An experiment is already running for this model.",
+        422: "Invalid spec, or a target that is not registered: the field is named.",
+        503: REGISTRY_DOWN}))
     async def start_experiment(request: Request, body: dict = Body(default_factory=dict,
                                                                    examples=[{"control": "champion", "treatment": "challenger",
                                                                               "split": {"control": 0.5, "treatment": 0.5},
@@ -262,13 +268,14 @@ def register_experiment_routes(app: FastAPI) -> None:
             raise RequestValidationError(exc.errors()) from exc
         return await run_in_threadpool(_control_of(request).start_experiment, spec, actor)
 
-    @app.post("/experiments/{experiment_id}/stop")
+    @app.post("/experiments/{experiment_id}/stop", responses=documented({
+        **ADMIN, 404: "No such experiment.", 409: "The experiment is not running.", 503: STORE_DOWN}))
     async def stop_experiment(experiment_id: str, request: Request, actor: str = Depends(require_admin)):
         return await run_in_threadpool(_control_of(request).stop_experiment, experiment_id, actor)
 
 
 def register_model_routes(app: FastAPI) -> None:
-    @app.get("/models")
+    @app.get("/models", responses=documented({503: "The model server does not answer."}))
     async def served_models(request: Request):
         """The model servers' versions and aliases."""
         try:
@@ -276,24 +283,90 @@ def register_model_routes(app: FastAPI) -> None:
         except Exception as exc:
             raise DependencyDown("model_server", str(exc)) from exc
 
-    @app.post("/models/promote")
+    @app.post("/models/promote", responses=documented({
+        **ADMIN, 409: "Nothing to do (already champion) or refused.",
+        422: "Invalid body, or a version that is not registered: the field is named.",
+        503: REGISTRY_DOWN}))
     async def promote(body: PromoteRequest, request: Request, actor: str = Depends(require_admin)):
         """Move the champion alias to ``version``; the old champion becomes ``previous``."""
         return await run_in_threadpool(_control_of(request).promote, body.version, actor,
                                        body.reason or "manual promotion")
 
-    @app.post("/models/rollback")
+    @app.post("/models/rollback", responses=documented({
+        **ADMIN, 409: "No previous version to go back to.", 503: REGISTRY_DOWN}))
     async def rollback(request: Request, body: RollbackRequest | None = None,
                        actor: str = Depends(require_admin)):
         """Move the champion alias back to ``previous``."""
         reason = (body.reason if body else "") or "manual rollback"
         return await run_in_threadpool(_control_of(request).rollback, actor, reason)
 
-    @app.post("/models/reload")
+    @app.post("/models/reload", responses=documented(ADMIN))
     async def reload(request: Request, actor: str = Depends(require_admin)):
         """Make every model-server replica reread the registry now (no wait for its poll)."""
         token = security.read_token(request.app.state.settings)
         return {"replicas": await request.app.state.inference.refresh(token)}
+
+
+def register_monitoring_routes(app: FastAPI) -> None:
+    """Read-only drift reports of drifted windows (``gateway/monitoring.py``), so a client
+    never reads the data-quality worker's files."""
+    from fastapi import Path as PathParam, Query
+
+    from taxi_mlops.gateway import control, monitoring
+
+    @app.get("/monitoring/drift-reports")
+    async def drift_reports(request: Request, limit: int = Query(50, ge=1, le=monitoring.MAX_LIMIT)):
+        return {"reports": await run_in_threadpool(monitoring.list_reports, request.app.state.settings, limit)}
+
+    @app.get("/monitoring/drift-reports/{name}", responses={404: {"description": "No such report."},
+                                                           422: {"description": "Not a report name."}})
+    async def drift_report(request: Request, name: str = PathParam(..., pattern=monitoring.NAME_PATTERN)):
+        try:
+            return await run_in_threadpool(monitoring.read_report, request.app.state.settings, name)
+        except monitoring.InvalidName as exc:
+            raise control.InvalidField("name", str(exc)) from exc
+        except monitoring.ReportNotFound as exc:
+            raise control.NotFound(str(exc)) from exc
+
+
+def register_lineage_routes(app: FastAPI) -> None:
+    """Prediction lineage (``gateway/lineage.py``): one stored prediction's full chain, from
+    the DVC data version to its label, and the recent ones."""
+    from fastapi import Path, Query
+
+    from taxi_mlops.gateway.errors import documented
+    from taxi_mlops.gateway.lineage import REQUEST_ID_PATTERN, Lineage, PredictionChain, PredictionList
+    from taxi_mlops.lineage.predictions import MAX_LIST
+
+    def lineage_of(request: Request) -> Lineage:
+        state = request.app.state
+        if getattr(state, "lineage", None) is None:
+            state.lineage = Lineage(state.settings)
+        return state.lineage
+
+    store_down = "The prediction store does not exist yet (the prediction-store worker creates it)."
+
+    @app.get("/predictions/{request_id}", response_model=PredictionChain, responses=documented({
+        404: "No prediction with this request id is stored (yet).",
+        422: "Not an id the gateway could have logged: 1 to 72 of A-Z a-z 0-9 . _ -.",
+        503: store_down}))
+    async def prediction_lineage(request: Request, request_id: str = Path(
+            ..., pattern=REQUEST_ID_PATTERN)) -> PredictionChain:
+        """The logged prediction, its model version and aliases, the MLflow run and its metrics,
+        the TFX pipeline run and its artifacts (ML Metadata), the DVC data version with the
+        command that restores it, and the label once it has arrived. A backend that cannot be
+        read leaves its part empty and is named in ``errors``."""
+        return await run_in_threadpool(lineage_of(request).get, request_id)
+
+    @app.get("/predictions", response_model=PredictionList, responses=documented({
+        422: "A bad filter: the field (since, limit, model_version) is named.", 503: store_down}))
+    async def list_predictions(request: Request,
+                               model_version: str | None = Query(None, max_length=64),
+                               since: str | None = Query(None, min_length=1, max_length=64, description=(
+                                   "ISO 8601 (naive = UTC) or epoch seconds")),
+                               limit: int = Query(50, ge=1, le=MAX_LIST)) -> PredictionList:
+        """Stored predictions, newest first."""
+        return await run_in_threadpool(lineage_of(request).list, model_version, since, limit)
 
 
 def register_metrics_route(app: FastAPI, metrics: GatewayMetrics) -> None:
@@ -325,6 +398,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     register_routing_routes(app)
     register_experiment_routes(app)
     register_model_routes(app)
+    register_monitoring_routes(app)
+    register_lineage_routes(app)
     if metrics is not None:
         register_metrics_route(app, metrics)
     return app

@@ -79,9 +79,42 @@ class RouteLabeler:
         return "other"
 
 
+# A JSON escape of a UTF-16 surrogate (\ud800-\udfff): valid JSON, but alone (unpaired) it is
+# no character, and Python's parser hands it on as a str that cannot be encoded.
+_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F][0-9a-fA-F]{2}")
+
+
+def has_lone_surrogate(body: bytes) -> bool:
+    """True if ``body`` is JSON holding a string (or key) with an unpaired surrogate. Only a
+    body with a surrogate escape in it is parsed (an emoji escaped as a pair is fine)."""
+    if not _SURROGATE_ESCAPE.search(body):
+        return False
+    try:
+        values = [json.loads(body)]
+    except (ValueError, RecursionError):
+        return False  # not JSON: the route's own 422 names the body
+    while values:
+        value = values.pop()
+        if isinstance(value, str):
+            try:
+                value.encode("utf-8")
+            except UnicodeEncodeError:
+                return True
+        elif isinstance(value, dict):
+            values.extend(value)
+            values.extend(value.values())
+        elif isinstance(value, list):
+            values.extend(value)
+    return False
+
+
 class BodyLimit:
     """413 for a body over ``max_bytes``: by its Content-Length, or counted as a chunked body
-    streams in. Bodies are small (one trip), so the accepted ones are buffered and replayed."""
+    streams in. Bodies are small (one trip), so the accepted ones are buffered and replayed.
+
+    Being the one place that holds every body, it also refuses (422) JSON whose strings are
+    not valid Unicode (a lone surrogate such as ``"\\ud800"``): pydantic passes such a str
+    on, and the first log line, Kafka message or error message echoing it fails (a 500)."""
 
     def __init__(self, app, max_bytes: int, per_path: dict[str, int] | None = None):
         self.app, self.max_bytes, self.per_path = app, max_bytes, per_path or {}
@@ -103,21 +136,29 @@ class BodyLimit:
             if total > limit:
                 return await self._reject(send, limit)
             more = message.get("more_body", False)
+        body = b"".join(chunks)
+        if has_lone_surrogate(body):
+            return await self._refuse(send, 422, "request body is not valid Unicode: a string holds "
+                                                 "a lone surrogate (\\ud800-\\udfff)")
         replayed = False
 
         async def replay():
             nonlocal replayed
             if not replayed:
                 replayed = True
-                return {"type": "http.request", "body": b"".join(chunks), "more_body": False}
+                return {"type": "http.request", "body": body, "more_body": False}
             return await receive()
 
         await self.app(scope, replay, send)
 
     async def _reject(self, send, limit: int):
-        body = json.dumps({"detail": [{"field": "body",
-                                       "message": f"request body over {limit} bytes"}]}).encode()
-        await send({"type": "http.response.start", "status": 413,
+        await self._refuse(send, 413, f"request body over {limit} bytes")
+
+    @staticmethod
+    async def _refuse(send, status: int, message: str):
+        """The ``FieldErrors`` body the route's own 422s carry, naming the body."""
+        body = json.dumps({"detail": [{"field": "body", "message": message}]}).encode()
+        await send({"type": "http.response.start", "status": status,
                     "headers": [(b"content-type", b"application/json"),
                                 (b"content-length", str(len(body)).encode())]})
         await send({"type": "http.response.body", "body": body})

@@ -31,20 +31,20 @@ SUM_TOLERANCE = 1e-6
 
 
 class VariantSpec(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)  # no `true` read as 1.0
     name: str = Field(..., pattern=r"^[A-Za-z0-9_-]{1,32}$", description="Variant name, in responses and logs.")
     target: str = Field(..., pattern=_TARGET_PATTERN, description="A registry alias or a version number.")
     weight: float = Field(..., gt=0, le=1)
 
 
 class ShadowSpec(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)  # no `true` read as 1.0
     target: str = Field(..., pattern=_TARGET_PATTERN)
     percent: float = Field(100.0, gt=0, le=100, description="Share of requests mirrored.")
 
 
 class EnsembleSpec(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)  # no `true` read as 1.0
     targets: list[str] = Field(..., min_length=2, max_length=5)
     combine: Literal["mean"] = "mean"
 
@@ -62,9 +62,10 @@ class EnsembleSpec(BaseModel):
 
 
 class RoutingPolicy(BaseModel):
-    """The gateway's routing, as stored (``PUT /routing``) and shown (``GET /routing``)."""
+    """The gateway's routing, as stored (``PUT /routing``) and shown (``GET /routing``).
+    Strict like ``schemas.Trip``: a boolean weight or percent is refused, not read as 1."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
     split: list[VariantSpec] = Field(
         default_factory=lambda: [VariantSpec(name="champion", target="champion", weight=1.0)],
         min_length=1, max_length=10)

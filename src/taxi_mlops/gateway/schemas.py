@@ -4,23 +4,43 @@ from __future__ import annotations
 
 from datetime import datetime, timezone
 
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic.json_schema import SkipJsonSchema
 
 
-class Trip(BaseModel):
-    """One taxi trip as the Chicago data set describes it, before the tip is known."""
+TIME_PARTS = ("trip_start_hour", "trip_start_day", "trip_start_month")
+EXAMPLE_TRIP = {
+    "trip_id": "demo-1", "trip_miles": 3.2, "fare": 12.5, "trip_seconds": 780,
+    "trip_start_hour": 14, "trip_start_day": 3, "trip_start_month": 5,
+    "pickup_community_area": 8, "dropoff_community_area": 32,
+    "pickup_latitude": 41.89, "pickup_longitude": -87.63,
+    "dropoff_latitude": 41.90, "dropoff_longitude": -87.65,
+    "payment_type": "Credit Card", "company": "Flash Cab",
+}
 
-    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{
-        "trip_id": "demo-1", "trip_miles": 3.2, "fare": 12.5, "trip_seconds": 780,
-        "trip_start_hour": 14, "trip_start_day": 3, "trip_start_month": 5,
-        "pickup_community_area": 8, "dropoff_community_area": 32,
-        "pickup_latitude": 41.89, "pickup_longitude": -87.63,
-        "dropoff_latitude": 41.90, "dropoff_longitude": -87.65,
-        "payment_type": "Credit Card", "company": "Flash Cab",
-    }]})
+
+def _trip_json_schema(schema: dict) -> None:
+    """The time parts are required unless ``trip_start_timestamp`` (an integer) is given, from
+    which ``Trip._raw_row`` derives them. Pydantic can only say "required"; the schema says
+    "one or the other", so a client (and the fuzzer) reads what the gateway really accepts."""
+    schema["required"] = [name for name in schema.get("required", []) if name not in TIME_PARTS]
+    schema["anyOf"] = [{"required": list(TIME_PARTS)},
+                       {"required": ["trip_start_timestamp"],
+                        "properties": {"trip_start_timestamp": {"type": "integer"}}}]
+    schema["examples"] = [EXAMPLE_TRIP]
+
+
+class Trip(BaseModel):
+    """One taxi trip as the Chicago data set describes it, before the tip is known.
+
+    Strict: a field is refused unless its JSON type is the documented one (no ``true`` read as
+    hour 1, no ``"12"`` read as 12). Coercion would accept what the schema says is invalid and
+    score a trip the client did not mean. JSON Schema's own rules still hold: an integer is a
+    number, and ``7.0`` is an integer (``_integral_floats``)."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, json_schema_extra=_trip_json_schema)
 
     trip_id: str | None = Field(None, max_length=128, description="Caller's id, echoed in logs.")
     trip_miles: float = Field(..., ge=0, le=500, description="Distance in miles.")
@@ -52,6 +72,15 @@ class Trip(BaseModel):
     # The data set's label column: declared only to refuse it by name (422 on "tips"), and
     # left out of the OpenAPI schema.
     tips: SkipJsonSchema[Any] = Field(None, exclude=True)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _integral_floats(cls, value):
+        """``7.0`` as ``7``: JSON Schema counts it as an integer (clients that serialise every
+        number as a float send it), and strict mode would refuse it for an integer field."""
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        return value
 
     @field_validator("tips", mode="before")
     @classmethod
@@ -128,8 +157,35 @@ class BatchRequest(BaseModel):
 
 
 class FieldError(BaseModel):
-    field: str
+    field: str = Field(..., description="Dotted path of the bad field ('body' for the body as a whole).")
     message: str
+
+
+class FieldErrors(BaseModel):
+    """Every 4xx about the request's content (422 invalid field or body, 413 body too large)."""
+
+    detail: list[FieldError]
+
+
+class ErrorMessage(BaseModel):
+    """401/403 (admin token), 404 (unknown resource or path), 409 (conflicting action)."""
+
+    detail: str
+
+
+class DependencyError(BaseModel):
+    """503: the dependency that failed or timed out, and why."""
+
+    detail: str
+    dependency: str = Field(..., description="feature_store | model_server | model_registry | rollout_store")
+
+
+class HealthReport(BaseModel):
+    """GET /health, 200 (every dependency answers) or 503 (one does not)."""
+
+    status: Literal["ok", "degraded"]
+    dependencies: dict[str, dict[str, Any]] = Field(..., description="Per dependency: ok, and where or why not.")
+    prediction_log: dict[str, Any] = Field(..., description="The prediction log's counters (best effort).")
 
 
 class BatchResult(BaseModel):

@@ -45,6 +45,7 @@ def kafka_is_local(settings: Settings) -> bool:
 
 def scrape_targets(settings: Settings) -> list[tuple[str, str, str]]:
     """(job, host:port, component) for every component Prometheus scrapes."""
+    from taxi_mlops.lineage.consumer import NAME as PREDICTION_STORE
     from taxi_mlops.streaming.label_join import NAME as LABEL_JOIN
     from taxi_mlops.streaming.processor import service_name
     from taxi_mlops.streaming.quality import NAME as DATA_QUALITY
@@ -68,6 +69,7 @@ def scrape_targets(settings: Settings) -> list[tuple[str, str, str]]:
     targets.append(("stream_processor", f"{h}:{settings.processor_metrics_port + 0}", service_name(0)))
     targets.append(("label_join", f"{h}:{settings.label_join_metrics_port}", LABEL_JOIN))
     targets.append(("data_quality", f"{h}:{settings.quality_metrics_port}", DATA_QUALITY))
+    targets.append(("prediction_store", f"{h}:{settings.prediction_store_metrics_port}", PREDICTION_STORE))
     if settings.prometheus_external_url:  # an external server scrapes itself under its own job
         targets = [t for t in targets if t[0] != "prometheus"]
     return targets

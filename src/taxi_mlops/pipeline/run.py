@@ -34,6 +34,8 @@ def main(argv):
     from taxi_mlops.pipeline.pipeline import PipelineConfig, create_pipeline
 
     absl_logging.set_verbosity(absl_logging.INFO)
+    # Time-stamped lines: the log is where a slow component's time is read from.
+    logging.basicConfig(format="%(asctime)s %(levelname)s:%(name)s:%(message)s", force=True)
     logging.getLogger().addHandler(_ProgressHandler())
     cfg = PipelineConfig(**raw)
     pipeline = create_pipeline(cfg)

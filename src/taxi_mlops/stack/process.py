@@ -7,6 +7,9 @@ service that fails says which, why, and where its log is.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
+import json
 import os
 import random
 import signal
@@ -49,7 +52,7 @@ class ServiceStartError(RuntimeError):
 class Service:
     name: str
     command: list[str]
-    healthy: Callable[[], bool]
+    healthy: Callable[[], bool] | None  # None: the process being alive is all we can check
     url: str
     env: dict[str, str] = field(default_factory=dict)
     cwd: Path | None = None
@@ -110,10 +113,61 @@ def wait_for(predicate: Callable[[], bool], timeout_s: float, interval_s: float 
 
 
 class Supervisor:
+    """Starts and stops services; a started service's spec file says it is wanted, which is
+    what the keeper (``stack/keeper.py``) watches to restart it after a crash. Start and stop
+    of one service hold its lock file, so a keeper's restart and a person's ``down`` or
+    ``up`` never interleave."""
+
     def __init__(self, settings: Settings):
         self.settings = settings
         settings.run_dir.mkdir(parents=True, exist_ok=True)
         settings.logs_dir.mkdir(parents=True, exist_ok=True)
+        self._held: dict[str, int] = {}
+
+    @contextlib.contextmanager
+    def locked(self, name: str):
+        """The service's lock across processes (flock), re-entrant within this supervisor."""
+        if self._held.get(name):
+            self._held[name] += 1
+            try:
+                yield
+            finally:
+                self._held[name] -= 1
+            return
+        with open(self.settings.run_dir / f"{name}.lock", "a") as handle:
+            fcntl.flock(handle, fcntl.LOCK_EX)
+            self._held[name] = 1
+            try:
+                yield
+            finally:
+                self._held[name] = 0
+                fcntl.flock(handle, fcntl.LOCK_UN)
+
+    def spec_path(self, name: str) -> Path:
+        return self.settings.run_dir / f"{name}.spec.json"
+
+    def read_spec(self, name: str) -> dict | None:
+        try:
+            return json.loads(self.spec_path(name).read_text())
+        except (OSError, ValueError):
+            return None
+
+    def is_wanted(self, name: str) -> bool:
+        return self.spec_path(name).exists()
+
+    def wanted(self) -> list[str]:
+        """Services started and not stopped on purpose (crashed ones included)."""
+        return sorted(p.name[:-len(".spec.json")] for p in self.settings.run_dir.glob("*.spec.json"))
+
+    def _write_spec(self, service: Service) -> None:
+        """What the keeper needs to start it again. Mode 0600: the environment may carry
+        secrets (the admin token)."""
+        path = self.spec_path(service.name)
+        fd = os.open(path.with_suffix(".tmp"), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            json.dump({"command": service.command, "env": service.env, "url": service.url,
+                       "cwd": str(service.cwd) if service.cwd else None}, f)
+        path.with_suffix(".tmp").replace(path)
 
     def pid_path(self, name: str) -> Path:
         return self.settings.run_dir / f"{name}.pid"
@@ -128,14 +182,26 @@ class Supervisor:
             return None
         return pid if pid_alive(pid) else None
 
-    def start(self, service: Service) -> str:
-        """Start ``service`` unless it is already up; returns 'running' or 'started'."""
+    def start(self, service: Service, restart: bool = False) -> str:
+        """Start ``service`` unless it is already up; returns 'running' or 'started'.
+
+        A start by a person (``restart`` False) also clears the keeper's record of the service
+        (its restart count and a failed state); the keeper's own restarts keep it."""
+        with self.locked(service.name):
+            state = self._start(service, restart)
+        if not restart:
+            (self.settings.run_dir / f"{service.name}.restarts.json").unlink(missing_ok=True)
+        return state
+
+    def _start(self, service: Service, restart: bool) -> str:
+        healthy = service.healthy or (lambda: True)
         pid = self.pid(service.name)
-        if pid and _safe(service.healthy):
+        if pid and _safe(healthy):
+            self._write_spec(service)
             return "running"
         if pid:
             self.stop(service.name)
-        if _safe(service.healthy):
+        if service.healthy is not None and _safe(service.healthy):
             raise ServiceStartError(service.name, f"something else already answers at {service.url}"
                                     " (stop it or choose another port in the settings)",
                                     self.log_path(service.name))
@@ -155,22 +221,34 @@ class Supervisor:
         finally:
             log.close()
         self.pid_path(service.name).write_text(str(proc.pid))
-        ok = wait_for(lambda: proc.poll() is not None or _safe(service.healthy),
+        self._write_spec(service)
+        ok = wait_for(lambda: proc.poll() is not None or _safe(healthy),
                       self.settings.startup_timeout_s)
         if proc.poll() is not None:
             self.pid_path(service.name).unlink(missing_ok=True)
+            if not restart:  # a person sees the error; only the keeper's restarts retry
+                self.spec_path(service.name).unlink(missing_ok=True)
             raise ServiceStartError(service.name, f"exited with code {proc.returncode}",
                                     self.log_path(service.name))
-        if not ok or not _safe(service.healthy):
-            self.stop(service.name)
+        if not ok or not _safe(healthy):
+            self._stop(service.name, 15.0)
+            if restart:
+                self._write_spec(service)  # still wanted: the keeper tries again after a backoff
             raise ServiceStartError(
                 service.name, f"not healthy at {service.url} after {self.settings.startup_timeout_s:.0f}s",
                 self.log_path(service.name))
         return "started"
 
     def stop(self, name: str, timeout_s: float = 15.0) -> bool:
-        """SIGTERM the service's process group, SIGKILL after ``timeout_s``; True if it ran."""
+        """SIGTERM the service's process group, SIGKILL after ``timeout_s``; True if it ran.
+        Stopped on purpose: no longer wanted, so the keeper leaves it down."""
+        with self.locked(name):
+            return self._stop(name, timeout_s)
+
+    def _stop(self, name: str, timeout_s: float) -> bool:
         pid = self.pid(name)
+        self.spec_path(name).unlink(missing_ok=True)
+        (self.settings.run_dir / f"{name}.restarts.json").unlink(missing_ok=True)
         self.pid_path(name).unlink(missing_ok=True)
         if not pid:
             return False

@@ -6,6 +6,7 @@ and ``status`` pick it up from ``all_services``.
 
 from __future__ import annotations
 
+import os
 import shutil
 import sys
 
@@ -20,21 +21,40 @@ from taxi_mlops.stack.process import PROBE_TIMEOUT_S, Service, http_ok
 def _redis_ok(settings: Settings) -> bool:
     import redis
 
+    from taxi_mlops import security
+
     return bool(redis.Redis(host=settings.host, port=settings.redis_port,
+                            password=security.redis_password(settings),
                             socket_timeout=PROBE_TIMEOUT_S, socket_connect_timeout=PROBE_TIMEOUT_S).ping())
 
 
-def redis_service(settings: Settings) -> Service:
+def redis_service(settings: Settings, persistent: bool = True) -> Service:
+    """Redis with a password (``requirepass``, from ``security.redis_password``), written to
+    a config file of mode 0600 so it never shows on a command line or in a log.
+    ``persistent``: snapshots plus an append-only file synced every second, so a kill -9
+    (and the keeper's restart) loses at most a second of online features; benches that
+    measure the stream turn it off."""
     binary = shutil.which("redis-server") or "/usr/bin/redis-server"
     data = settings.state_dir / "redis"
+    config = data / "redis.conf"
+    durability = (["--save", "60", "1", "--appendonly", "yes", "--appendfsync", "everysec"] if persistent
+                  else ["--save", "", "--appendonly", "no"])
+
+    def prepare() -> None:
+        from taxi_mlops import security
+
+        data.mkdir(parents=True, exist_ok=True)
+        fd = os.open(config, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(f"requirepass {security.redis_password(settings)}\n")
+
     return Service(
         name="redis",
-        command=[binary, "--bind", settings.host, "--port", str(settings.redis_port),
-                 "--dir", str(data), "--save", "60", "1", "--appendonly", "no",
-                 "--protected-mode", "yes", "--daemonize", "no"],
+        command=[binary, str(config), "--bind", settings.host, "--port", str(settings.redis_port),
+                 "--dir", str(data), *durability, "--protected-mode", "yes", "--daemonize", "no"],
         healthy=lambda: _redis_ok(settings),
         url=settings.redis_url,
-        prepare=lambda: data.mkdir(parents=True, exist_ok=True),
+        prepare=prepare,
     )
 
 
@@ -99,6 +119,41 @@ def gateway_service(settings: Settings) -> Service:
     )
 
 
+def ui_service(settings: Settings) -> Service:
+    """The control room (Streamlit, headless): it reads the platform through its APIs only.
+    Error details stay off screen (``showErrorDetails none``); the pages name the backend."""
+    from pathlib import Path
+
+    from taxi_mlops import ui  # the package only: importing ui.app would run the app
+
+    return Service(
+        name="ui",
+        command=[sys.executable, "-m", "streamlit", "run", str(Path(ui.__file__).with_name("app.py")),
+                 "--server.headless", "true", "--server.address", settings.host,
+                 "--server.port", str(settings.ui_port), "--server.fileWatcherType", "none",
+                 "--browser.gatherUsageStats", "false", "--client.showErrorDetails", "none",
+                 "--client.toolbarMode", "minimal", "--global.developmentMode", "false"],
+        healthy=lambda: http_ok(f"{settings.ui_url}/_stcore/health"),
+        url=settings.ui_url,
+        env=settings.as_env(),
+    )
+
+
+def keeper_service(settings: Settings) -> Service | None:
+    """The self-healing loop (``stack/keeper.py``); last to start, first to stop."""
+    if not settings.self_heal:
+        return None
+    from taxi_mlops.stack import keeper
+
+    return Service(
+        name=keeper.NAME,
+        command=[sys.executable, "-m", "taxi_mlops.stack.keeper"],
+        healthy=lambda: keeper.alive(settings),
+        url=f"watching {settings.run_dir}",
+        env=settings.as_env(),
+    )
+
+
 def _serving_details(settings: Settings, url: str | None = None) -> dict:
     """Model name, serving alias and the alias map the replica serves (its /versions)."""
     url = url or settings.model_server_url
@@ -128,13 +183,15 @@ def all_services(settings: Settings) -> list[Service]:
     """
     from taxi_mlops.stack.monitoring import monitoring_services
     from taxi_mlops.stack.streaming import (data_quality_service, kafka_service, label_join_service,
-                                            processor_service)
+                                            prediction_store_service, processor_service)
 
     services = [redis_service(settings), *monitoring_services(settings), kafka_service(settings),
                 mlflow_service(settings),
                 processor_service(settings, instance=0), label_join_service(settings),
+                prediction_store_service(settings),
                 data_quality_service(settings),
-                *model_server_services(settings), gateway_service(settings)]
+                *model_server_services(settings), gateway_service(settings),
+                ui_service(settings), keeper_service(settings)]
     return [s for s in services if s is not None]
 
 

@@ -12,6 +12,8 @@ import sys
 from taxi_mlops.settings import Settings
 from taxi_mlops.stack.process import Service
 from taxi_mlops.streaming import broker, clients, status, topics
+from taxi_mlops.lineage.consumer import GROUP as PREDICTION_STORE_GROUP
+from taxi_mlops.lineage.consumer import NAME as PREDICTION_STORE
 from taxi_mlops.streaming.label_join import NAME as LABEL_JOIN
 from taxi_mlops.streaming.processor import GROUP, service_name
 from taxi_mlops.streaming.quality import GROUP as QUALITY_GROUP
@@ -81,4 +83,21 @@ def data_quality_service(settings: Settings) -> Service:
         stop_timeout_s=30.0,
         details=lambda: status.details(settings, DATA_QUALITY, ("phase", "checked", "violating", "dead_lettered",
                                                                 "reference", "metrics")),
+    )
+
+
+def prediction_store_service(settings: Settings) -> Service:
+    """Every prediction and label into the queryable store the gateway's
+    ``GET /predictions/{request_id}`` reads (``lineage/consumer.py``); its metrics are on
+    ``settings.prediction_store_metrics_port``."""
+    return Service(
+        name=PREDICTION_STORE,
+        command=[sys.executable, "-m", "taxi_mlops.lineage"],
+        healthy=lambda: status.healthy(settings, PREDICTION_STORE),
+        url=f"kafka group {PREDICTION_STORE_GROUP}: {topics.PREDICTIONS} + {topics.LABELS} -> "
+            f"{settings.predictions_db}",
+        env=settings.as_env(),
+        stop_timeout_s=30.0,
+        details=lambda: status.details(settings, PREDICTION_STORE, ("phase", "predictions", "labels", "lag",
+                                                                    "dead_lettered", "metrics")),
     )

@@ -23,9 +23,16 @@ a confidence-based accuracy estimate and a 10-bin score histogram per version, c
 per publish interval with the eval split's scores (``live_performance``: the arithmetic and
 the per-version reference cache).
 
+Label shift (issue 8): once per publish interval, each version's joined labels (its
+``positives`` over ``n``, the same pairs as ``taxi_live_positive_rate``) are tested against its
+eval split's mean label from the same reference. Joined labels, not every label received:
+they are the traffic that version scored (a split arm sees its share), they sit beside the
+live accuracy they explain, and a label stream with no predictions (a replay without
+``/predict``) is not this model's traffic.
+
 Metrics ([label_join] in the observability spec: counts consumed and joined, unmatched by
 kind, live accuracy/Brier/positive rate/joined per model name, version and alias, the
-estimate, its error and the prediction drift) are served
+estimate, its error, the prediction drift and the label shift) are served
 on ``settings.label_join_metrics_port``. A label or prediction that leaves the window without
 a partner counts as unmatched; so does a prediction without a trip id, which can never join.
 """
@@ -38,7 +45,7 @@ import sys
 import threading
 import time
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from typing import Callable
 
@@ -73,6 +80,9 @@ class ModelWindow:
     confidence: float = 0.0  # sum of max(p, 1-p) over them
     bins: list = field(default_factory=lambda: [0] * live_performance.N_BINS)
     drift: float | None = None  # set once per publish interval, not per message
+    label_shift: live_performance.LabelShift | None = None  # likewise
+    label_reference: live_performance.LabelReference | None = None  # the eval split's labels
+    _label_shift_key: tuple | None = field(default=None, repr=False)  # (positives, n, reference) tested
 
     def add(self, prob: float, label: int, sign: int = 1) -> None:
         self.n += sign
@@ -114,6 +124,19 @@ class ModelWindow:
         if drift != self.drift:
             self.drift, self.changed = drift, True
         return drift
+
+    def update_label_shift(self, reference: live_performance.LabelReference | None):
+        """The window's labels against the eval split's (``live_performance.label_shift``); the
+        exact test runs only when the counts or the reference changed."""
+        if reference is not None:
+            self.label_reference = reference
+        key = (self.positives, self.n, reference)
+        if key != self._label_shift_key:
+            self._label_shift_key = key
+            shift = live_performance.label_shift(self.positives, self.n, reference)
+            if shift != self.label_shift:
+                self.label_shift, self.changed = shift, True
+        return self.label_shift
 
     def metrics(self, name: str, version: str, window_s: float) -> events.ModelMetrics:
         n = self.n
@@ -328,11 +351,13 @@ class LabelJoin:
             log.warning("experiment %s: observation not stored: %s", experiment_id, exc)
 
     def update_drift(self) -> None:
-        """Each version's prediction drift, once per publish interval (10 bins: cheap); the
-        reference is fetched in the background the first time a version needs one."""
+        """Each version's prediction drift and label shift, once per publish interval (10 bins
+        and one 2x2 exact test: cheap); the reference is fetched in the background the first
+        time a version needs one."""
         for (name, version), window in list(self.state.models.items()):
             enough = window.predicted >= live_performance.DRIFT_MIN_PREDICTIONS
             window.update_drift(self.references.get(name, version) if enough else None)
+            window.update_label_shift(self.references.labels(name, version) if window.n else None)
 
     def publish(self) -> None:
         references = getattr(self, "references", None)
@@ -354,7 +379,8 @@ class LabelJoin:
                 "experiments": dict(self.tracker.counts) if self.tracker else None,
                 "models": {f"{n}:{v}": {"n": w.n, "accuracy": (w.correct / w.n) if w.n else None,
                                         "predicted": w.predicted, "estimated_accuracy": w.estimated_accuracy,
-                                        "drift": w.drift}
+                                        "drift": w.drift,
+                                        "label_shift": asdict(w.label_shift) if w.label_shift else None}
                            for (n, v), w in list(self.state.models.items())}}
 
     def stop(self, *_args) -> None:

@@ -26,7 +26,7 @@ from prometheus_client.core import CollectorRegistry, CounterMetricFamily, Gauge
 from prometheus_client.registry import Collector
 
 from taxi_mlops.observability.metrics import FRESHNESS_BUCKETS, LATENCY_BUCKETS
-from taxi_mlops.streaming import events
+from taxi_mlops.streaming import events, live_performance
 
 PUSH_BUCKETS = (*LATENCY_BUCKETS, 2.5, 5.0)
 MAX_REASON_LEN = 40
@@ -233,6 +233,7 @@ class LabelJoinMetrics(Collector):
             "Jensen-Shannon distance (base 2) of the window's scores to the eval split's, 10 bins; "
             "only with >= 200 predictions and the version's evaluation/calibration.json.",
             labels=["model_name", "model_version"])
+        shift = self._label_shift_families()
         for (name, version), window in list(state.models.items()):
             values = [name, version, window.alias or ""]
             n = window.n
@@ -249,9 +250,43 @@ class LabelJoinMetrics(Collector):
                 families["error"].add_metric(values, window.estimation_error)
             if getattr(window, "drift", None) is not None:
                 drift.add_metric([name, version], window.drift)
+            self._add_label_shift(shift, values, window)
         yield from families.values()
         yield drift
+        yield from shift.values()
         yield from self._experiments()
+
+    @staticmethod
+    def _label_shift_families() -> dict:
+        labels = ["model_name", "model_version", "alias"]
+        lp = live_performance
+        only = f"only with >= {lp.LABEL_SHIFT_MIN_LABELS} joined labels"
+        return {
+            "reference": GaugeMetricFamily(
+                "taxi_label_reference_rate", "Big-tipper rate of the version's eval split "
+                "(evaluation/calibration.json): what taxi_live_positive_rate is tested against.",
+                labels=["model_name", "model_version"]),
+            "effect": GaugeMetricFamily(
+                "taxi_label_shift_effect", "Window's big-tipper rate over the eval split's, minus 1 "
+                f"(-0.3: 30% fewer big tippers); {only}.", labels=labels),
+            "p_value": GaugeMetricFamily(
+                "taxi_label_shift_p_value", "Two-sided Fisher exact test of the window's labels "
+                f"against the eval split's; {only}.", labels=labels),
+            "detected": GaugeMetricFamily(
+                "taxi_label_shift_detected", f"1 when p < {lp.LABEL_SHIFT_ALPHA:g} and the rate moved "
+                f"by >= {lp.LABEL_SHIFT_MIN_EFFECT:.0%} (the alert's input); {only}.", labels=labels),
+        }
+
+    @staticmethod
+    def _add_label_shift(families: dict, values: list, window) -> None:
+        reference = getattr(window, "label_reference", None)
+        if reference is not None:
+            families["reference"].add_metric(values[:2], reference.rate)
+        shift = getattr(window, "label_shift", None)
+        if shift is not None:
+            families["effect"].add_metric(values, shift.effect)
+            families["p_value"].add_metric(values, shift.p_value)
+            families["detected"].add_metric(values, int(shift.shifted))
 
     def _experiments(self):
         """Per experiment arm: labels counted and the mean outcome; the test's effect and its

@@ -1,7 +1,7 @@
 """Transform and Trainer code of the tip model (TFX module file).
 
-Alone in its folder: TFX packages every file beside the module into the component's cache
-key. It runs inside the TFX environment (Python 3.10, tf_keras) and exports two signatures:
+Imported by name (``pipeline.USER_MODULE``); its hash and the hashes of the project modules
+it imports are Transform's and Trainer's cache key (``pipeline.user_code_version``). It runs inside the TFX environment (Python 3.10, tf_keras) and exports two signatures:
 ``serving_default`` takes the raw named inputs the model server receives over the v2
 protocol; ``serving_tf_example`` takes serialized tf.Examples for the Evaluator. The CSV's
 slice-only columns (``slicing.SLICE_COLUMNS``, for TFMA) are in the schema but read by
