@@ -1,7 +1,7 @@
 """Kubernetes manifests and the compose file (issue 12): generated, committed, validated offline.
 
 Core resources against the Kubernetes OpenAPI schemas (kubernetes-validate, strict), custom
-resources against the JSON Schemas made from the upstream CRDs (../shared/deploy-schemas),
+resources against the JSON Schemas made from the upstream CRDs (deploy/schemas/, vendored from the workplace's shared/deploy-schemas),
 compose against the Compose Specification. No cluster, no Docker engine, no stack.
 """
 

@@ -70,7 +70,8 @@ def test_generated_prometheus_config_is_valid(tmp_path):
     cfg = yaml.safe_load(path.read_text())
     jobs = {j["job_name"]: j for j in cfg["scrape_configs"]}
     assert list(jobs) == ["prometheus", "alertmanager", "pushgateway", "alert_receiver", "gateway",
-                          "model_server", "mlflow", "kafka", "stream_processor", "label_join", "data_quality"]
+                          "model_server", "mlflow", "kafka", "stream_processor", "label_join", "data_quality",
+                          "prediction_store"]
     assert jobs["pushgateway"]["honor_labels"] is True
     assert jobs["stream_processor"]["static_configs"][0]["targets"] == [f"127.0.0.1:{settings.processor_metrics_port}"]
     assert all(sc["labels"]["component"] for j in jobs.values() for sc in j["static_configs"])

@@ -24,6 +24,7 @@ import signal
 import sys
 import time
 from contextlib import asynccontextmanager
+from datetime import datetime
 
 from fastapi import BackgroundTasks, Body, Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -362,11 +363,14 @@ def register_lineage_routes(app: FastAPI) -> None:
         422: "A bad filter: the field (since, limit, model_version) is named.", 503: store_down}))
     async def list_predictions(request: Request,
                                model_version: str | None = Query(None, max_length=64),
-                               since: str | None = Query(None, min_length=1, max_length=64, description=(
-                                   "ISO 8601 (naive = UTC) or epoch seconds")),
+                               since: datetime | None = Query(None, description=(
+                                   "ISO 8601 date-time (naive = UTC); epoch seconds are read too")),
                                limit: int = Query(50, ge=1, le=MAX_LIST)) -> PredictionList:
         """Stored predictions, newest first."""
-        return await run_in_threadpool(lineage_of(request).list, model_version, since, limit)
+        # Typed as a date-time so the OpenAPI says which values are valid; the lineage layer
+        # takes ISO text (the CLI and tests call it directly).
+        return await run_in_threadpool(lineage_of(request).list, model_version,
+                                       since.isoformat() if since else None, limit)
 
 
 def register_metrics_route(app: FastAPI, metrics: GatewayMetrics) -> None:

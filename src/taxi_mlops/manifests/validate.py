@@ -1,7 +1,7 @@
 """Offline validation of the generated manifests.
 
 Core resources: ``kubernetes-validate`` (the Kubernetes OpenAPI schemas it bundles, strict:
-an unknown field fails). Custom resources: the JSON Schemas in ``../shared/deploy-schemas``
+an unknown field fails). Custom resources: the JSON Schemas in ``deploy/schemas/`` (vendored from the workplace's ``shared/deploy-schemas``)
 made from the upstream CRDs (KServe, Strimzi, Feast; unknown fields fail). The Prometheus
 Operator's kinds have no schema there: a strict schema of the fields we use stands in.
 Compose: the Compose Specification schema that ``check-jsonschema`` bundles.
@@ -19,7 +19,7 @@ import jsonschema
 from taxi_mlops import paths
 
 KUBERNETES_VERSION = "1.32.0"
-SCHEMAS_DIR = paths.PROJECT_ROOT.parent / "shared" / "deploy-schemas"
+SCHEMAS_DIR = paths.PROJECT_ROOT / "deploy" / "schemas"  # vendored from shared/deploy-schemas (README there)
 CUSTOM_GROUPS = ("serving.kserve.io", "kafka.strimzi.io", "feast.dev", "monitoring.coreos.com")
 
 
