@@ -363,14 +363,14 @@ def register_lineage_routes(app: FastAPI) -> None:
         422: "A bad filter: the field (since, limit, model_version) is named.", 503: store_down}))
     async def list_predictions(request: Request,
                                model_version: str | None = Query(None, max_length=64),
-                               since: datetime | None = Query(None, description=(
-                                   "ISO 8601 date-time (naive = UTC); epoch seconds are read too")),
+                               since: float | datetime | None = Query(None, description=(
+                                   "Epoch seconds, or an ISO 8601 date-time (naive = UTC).")),
                                limit: int = Query(50, ge=1, le=MAX_LIST)) -> PredictionList:
         """Stored predictions, newest first."""
-        # Typed as a date-time so the OpenAPI says which values are valid; the lineage layer
-        # takes ISO text (the CLI and tests call it directly).
-        return await run_in_threadpool(lineage_of(request).list, model_version,
-                                       since.isoformat() if since else None, limit)
+        # Typed so the OpenAPI says which values are valid (a fuzzer holds us to it); the
+        # lineage layer takes text, as the CLI and tests call it directly.
+        text = since.isoformat() if isinstance(since, datetime) else None if since is None else repr(since)
+        return await run_in_threadpool(lineage_of(request).list, model_version, text, limit)
 
 
 def register_metrics_route(app: FastAPI, metrics: GatewayMetrics) -> None:

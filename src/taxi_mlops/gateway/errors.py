@@ -46,7 +46,9 @@ def validation_errors(exc: RequestValidationError) -> list[dict]:
     errors = []
     for err in exc.errors():
         loc = [str(p) for p in err.get("loc", ())]
-        if loc and loc[0] in ("body", "path", "query"):
+        if loc and loc[0] in ("path", "query"):
+            loc = loc[1:2]  # the parameter's name (a union's member tags would follow it)
+        elif loc and loc[0] == "body":
             loc = loc[1:]
         field = ".".join(loc) or "body"
         message = err.get("msg", "invalid")

@@ -40,7 +40,9 @@ if versions:
 
 st.subheader("Evaluation and slices")
 if versions:
-    choice = st.selectbox("version", [int(v["version"]) for v in versions], key="eval_version")
+    options = [int(v["version"]) for v in versions]
+    serving = next((i for i, v in enumerate(versions) if "champion" in (v.get("aliases") or [])), 0)
+    choice = st.selectbox("version", options, index=serving, key="eval_version")  # the champion first
     version = next(v for v in versions if int(v["version"]) == choice)
     with common.guard("MLflow"):
         run = api.mlflow.run(version["run_id"])
