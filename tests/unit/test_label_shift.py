@@ -143,13 +143,16 @@ def _wait(cache, key):
 
 def test_the_label_reference_is_fetched_with_the_scores_and_cached_on_disk(tmp_path):
     calls = []
+    release = threading.Event()  # holds the fetch until the first answer is checked
 
     def fetch(name, version):
         calls.append(version)
+        assert release.wait(10), "the test never released the fetch"
         return {"run_id": "r1", "document": CALIBRATION}
 
     cache = lp.ReferenceCache(tmp_path, fetch, default_name="tips")
     assert cache.labels("tips", "3") is None             # never blocks: fetched in the background
+    release.set()
     assert _wait(cache, ("tips", "3")) == REF and calls == ["3"]
     stored = json.loads((tmp_path / "scores-3.json").read_text())
     assert stored["labels"] == {"positives": 1105, "examples": 4964}
@@ -159,5 +162,8 @@ def test_the_label_reference_is_fetched_with_the_scores_and_cached_on_disk(tmp_p
     # A cache file from before label shift has no labels: fetched once more to add them.
     del stored["labels"]
     (tmp_path / "scores-3.json").write_text(json.dumps(stored))
+    release.clear()
     older = lp.ReferenceCache(tmp_path, fetch, default_name="tips")
-    assert older.labels("tips", "3") is None and _wait(older, ("tips", "3")) == REF and calls == ["3", "3"]
+    assert older.labels("tips", "3") is None
+    release.set()
+    assert _wait(older, ("tips", "3")) == REF and calls == ["3", "3"]

@@ -155,13 +155,16 @@ def _wait(cache, key):
 
 def test_reference_is_fetched_once_then_read_from_disk_after_a_restart(tmp_path):
     calls = []
+    release = threading.Event()  # holds the fetch until the first answer is checked
 
     def fetch(name, version):
         calls.append((name, version))
+        assert release.wait(10), "the test never released the fetch"
         return {"run_id": "r1", "document": CALIBRATION} if version == "3" else None
 
     cache = lp.ReferenceCache(tmp_path / "drift", fetch, default_name="tips")
     assert cache.get("tips", "3") is None                    # never blocks: fetched in the background
+    release.set()
     assert _wait(cache, ("tips", "3")) == pytest.approx(REFERENCE)
     assert cache.get("tips", "3") == pytest.approx(REFERENCE) and calls == [("tips", "3")]
     stored = json.loads((tmp_path / "drift" / "scores-3.json").read_text())
