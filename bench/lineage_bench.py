@@ -36,7 +36,7 @@ from pathlib import Path
 
 import httpx
 
-from taxi_mlops import paths
+from taxi_mlops import paths, security
 from taxi_mlops.lineage.predictions import PredictionStore
 from taxi_mlops.settings import Settings
 from taxi_mlops.stack import services
@@ -184,8 +184,10 @@ def main() -> None:
                         mlflow_port=free_port(), gateway_port=free_port(), redis_port=free_port(),
                         model_server_port=free_port(), kafka_port=free_port(), request_timeout_s=2.0,
                         metrics_enabled=True)
+    security.use_mlflow_credentials(settings)  # the registry calls in this process: MLflow's admin
     sup = Supervisor(settings)
     sup.start(services.mlflow_service(settings))
+    services.ensure_mlflow_reader(settings)  # the lineage chain reads MLflow as the read-only user
     try:
         version, run_id = register_version(settings, md5)
         build_mlmd(settings, md5, run_id, version)

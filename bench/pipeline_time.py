@@ -18,6 +18,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from taxi_mlops import security
 from taxi_mlops.features import store
 from taxi_mlops.pipeline import launcher
 from taxi_mlops.settings import Settings
@@ -28,6 +29,7 @@ from taxi_mlops.stack.process import Supervisor, free_port
 def main() -> None:
     settings = Settings(state_dir=Path(tempfile.mkdtemp(prefix="taxi-bench-")),
                         redis_port=free_port(), mlflow_port=free_port())
+    security.use_mlflow_credentials(settings)  # the registry calls in this process: MLflow's admin
     sup = Supervisor(settings)
     sup.start(services.redis_service(settings))
     sup.start(services.mlflow_service(settings))

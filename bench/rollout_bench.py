@@ -125,6 +125,7 @@ def main() -> None:
     parser.add_argument("--swaps", type=int, default=10)
     args = parser.parse_args()
     settings = get_settings()
+    security.use_mlflow_credentials(settings)  # the registry calls in this process: MLflow's admin
     headers = {"Authorization": f"Bearer {security.read_token(settings)}"}
     champion = models.by_alias(settings.mlflow_tracking_uri, settings.model_name, "champion")
     if champion is None:

@@ -92,9 +92,13 @@ def start_group_at_end(settings: Settings, group: str) -> None:
         c.close()
 
 
-def start_instances(sup: Supervisor, settings: Settings, n: int, group: str) -> list[Service]:
+def start_instances(sup: Supervisor, settings: Settings, n: int, group: str,
+                    baseline: bool = False) -> list[Service]:
     start_group_at_end(settings, group)
     services = [processor_service(settings, i, group=group, commit_interval_s=2.0) for i in range(n)]
+    if baseline:  # the processor as it was before the tail work (same code, tuning off)
+        for s in services:
+            s.command.append("--no-tail-tuning")
     for s in services:
         sup.start(s)
     # All partitions (4 per topic) spread over the instances before any event is sent.
@@ -130,9 +134,9 @@ def throughput(sup: Supervisor, settings: Settings, n_instances: int, n_trips: i
             "pushes": pushes, "mean_push_ms": 1000 * push_s / max(pushes, 1)}
 
 
-def freshness(sup: Supervisor, settings: Settings, rate: float, seconds: float) -> dict:
+def freshness(sup: Supervisor, settings: Settings, rate: float, seconds: float, baseline: bool = False) -> dict:
     group = f"bench-fresh-{uuid.uuid4().hex[:6]}"
-    services = start_instances(sup, settings, 1, group)
+    services = start_instances(sup, settings, 1, group, baseline)
     fs = store.feature_store(settings)
     producer = events.EventProducer(settings.kafka_bootstrap_servers, "bench-fresh")
     outstanding: dict[int, float] = {}
@@ -200,13 +204,16 @@ def freshness(sup: Supervisor, settings: Settings, rate: float, seconds: float) 
     stop.set()
     poller.join(timeout=40)
     lost = len(outstanding)
+    stats = status.read(settings, services[0].name) or {}
     for s in services:
         sup.stop(s.name, timeout_s=30)
     samples.sort()
     pct = lambda q: samples[min(len(samples) - 1, int(q * len(samples)))] * 1000  # noqa: E731
     return {"offered_events_per_s": offered, "probes": probes, "seen": len(samples), "not_seen": lost,
             "p50_ms": pct(0.50), "p90_ms": pct(0.90), "p99_ms": pct(0.99), "max_ms": samples[-1] * 1000,
-            "mean_ms": statistics.mean(samples) * 1000}
+            "mean_ms": statistics.mean(samples) * 1000,
+            "processor": {k: stats.get(k) for k in ("pushes", "push_s", "push_max_ms", "checkpoint_max_ms",
+                                                    "commits", "processed", "checkpoint_steps_max_ms")}}
 
 
 def main() -> int:
@@ -216,11 +223,18 @@ def main() -> int:
     parser.add_argument("--seconds", type=float, default=30)
     parser.add_argument("--keep", action="store_true", help="keep the state directory")
     parser.add_argument("--only", choices=("throughput", "freshness"), default=None)
+    parser.add_argument("--rounds", type=int, default=1,
+                        help="freshness rounds; each runs the baseline processor (tail tuning off) and "
+                             "the current one back to back, so both see the same machine load")
     args = parser.parse_args()
 
+    from taxi_mlops.stack.process import free_port
+
     state = Path(tempfile.mkdtemp(prefix="stream-bench-"))
+    # The metrics endpoints on free ports too (their defaults are a dev stack's).
     settings = Settings(state_dir=state, kafka_port=29192, kafka_controller_port=29193, redis_port=26491,
-                        kafka_bootstrap_override=None)
+                        kafka_bootstrap_override=None, kafka_metrics_port=free_port(),
+                        processor_metrics_port=free_port())
     sup = Supervisor(settings)
     os.environ.update(settings.feast_env())
     print(f"machine: {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}, "
@@ -238,10 +252,26 @@ def main() -> int:
                   f"{r['mean_push_ms']:.1f} ms each; burst produced at {r['produce_events_per_s']:,.0f}/s)")
         if args.only == "throughput":
             return 0
-        f = freshness(sup, settings, args.rate, args.seconds)
-        print(f"freshness at {f['offered_events_per_s']:,.0f} events/s offered, 1 instance: "
-              f"p50 {f['p50_ms']:.0f} ms, p90 {f['p90_ms']:.0f} ms, p99 {f['p99_ms']:.0f} ms, "
-              f"max {f['max_ms']:.0f} ms ({f['seen']}/{f['probes']} probes seen)")
+        results = {"baseline": [], "current": []}
+        for r in range(args.rounds):
+            for label in ("baseline", "current"):
+                f = freshness(sup, settings, args.rate, args.seconds, baseline=label == "baseline")
+                results[label].append(f)
+                pr = f["processor"]
+                print(f"[{label}, round {r + 1}, load {os.getloadavg()[0]:.1f}] freshness at "
+                      f"{f['offered_events_per_s']:,.0f} events/s offered, 1 instance: "
+                      f"p50 {f['p50_ms']:.0f} ms, p90 {f['p90_ms']:.0f} ms, p99 {f['p99_ms']:.0f} ms, "
+                      f"max {f['max_ms']:.0f} ms ({f['seen']}/{f['probes']} probes seen); "
+                      f"{pr['pushes']} pushes, mean {1000 * pr['push_s'] / max(pr['pushes'] or 1, 1):.1f} ms, "
+                      f"max {pr['push_max_ms']:.0f} ms; slowest checkpoint {pr['checkpoint_max_ms']:.0f} ms "
+                      f"(slowest step, ms: {pr.get('checkpoint_steps_max_ms')})",
+                      flush=True)
+        if args.rounds > 1:
+            for label, runs in results.items():
+                print(f"{label}: median over {len(runs)} rounds of p50 "
+                      f"{statistics.median(x['p50_ms'] for x in runs):.0f} ms, p99 "
+                      f"{statistics.median(x['p99_ms'] for x in runs):.0f} ms; worst p99 "
+                      f"{max(x['p99_ms'] for x in runs):.0f} ms")
     finally:
         for name in ("stream-processor-0", "stream-processor-1", "redis", "kafka"):
             sup.stop(name, timeout_s=30)

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from taxi_mlops import security
 from taxi_mlops.features import store
 from taxi_mlops.pipeline import launcher
 from taxi_mlops.registry import models
@@ -71,6 +72,7 @@ def supervisor(settings) -> Supervisor:
 def base_stack(settings, supervisor):
     """Redis + Pushgateway + MLflow + applied Feast repo (no model yet)."""
     os.environ.update(settings.feast_env())
+    security.use_mlflow_credentials(settings)  # the tests log in to MLflow as its admin
     supervisor.start(services.redis_service(settings))
     supervisor.start(monitoring.pushgateway_service(settings))  # the training run pushes to it
     supervisor.start(services.mlflow_service(settings))

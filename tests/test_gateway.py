@@ -72,6 +72,8 @@ def test_health_reports_each_dependency(stack):
     assert r.status_code == 200
     deps = r.json()["dependencies"]
     assert deps["model_server"]["ok"] and deps["feature_store"]["ok"]
+    # ready only once warm: one feature read and one inference per replica were done
+    assert deps["warm_up"]["ok"] and deps["warm_up"]["attempts"] >= 1 and "error" not in deps["warm_up"]
 
 
 def test_model_server_down_gives_503_then_recovers(stack, supervisor, trip, keeper_paused):

@@ -34,6 +34,15 @@ class CliError(RuntimeError):
 def cmd_up(settings: Settings, args) -> int:
     from taxi_mlops import stack
 
+    overrides = {field: value for field, value in (("kafka_nodes", args.kafka_nodes),
+                                                   ("redis_cluster_nodes", args.redis_cluster))
+                 if value is not None}
+    if overrides:  # validated like TAXI_KAFKA_NODES etc. (pydantic names the field)
+        before, settings = settings, get_settings(**overrides)
+        if settings.redis_cluster_nodes != before.redis_cluster_nodes:
+            console.print(f"[yellow]note:[/] export TAXI_REDIS_CLUSTER_NODES={settings.redis_cluster_nodes} "
+                          "so that train, env, status and down reach this Redis too")
+
     def report(name: str, state: str, detail: str) -> None:
         if state == "waiting":
             console.print(f"[yellow]{name}[/] waiting: {detail}")
@@ -52,10 +61,19 @@ def cmd_down(settings: Settings, args) -> int:
     from taxi_mlops.stack import services
     from taxi_mlops.stack.process import Supervisor
 
+    from taxi_mlops.stack.redis_cluster import is_redis_node
+    from taxi_mlops.stack.streaming import is_kafka_node
+
     sup = Supervisor(settings)
-    for service in reversed(services.all_services(settings)):
+    known = services.all_services(settings)
+    for service in reversed(known):
         stopped = sup.stop(service.name, timeout_s=service.stop_timeout_s)
         console.print(f"{service.name}: {'stopped' if stopped else 'not running'}")
+    # Nodes of a cluster started by `up --kafka-nodes N` (`--redis-cluster N`) while these
+    # settings say fewer.
+    for name in sorted(set(sup.wanted()) - {s.name for s in known}):
+        if is_kafka_node(name) or is_redis_node(name):
+            console.print(f"{name}: {'stopped' if sup.stop(name, timeout_s=30.0) else 'not running'}")
     return 0
 
 
@@ -138,6 +156,8 @@ def cmd_train(settings: Settings, args) -> int:
     from taxi_mlops.registry import models
 
     _require_up(settings, ("redis", "mlflow"))
+    if args.beam_runner:  # one run on another Beam runner (TAXI_BEAM_RUNNER for every run)
+        settings = settings.model_copy(update={"beam_runner": args.beam_runner})
     overrides = {"train_steps": args.train_steps} if args.train_steps else {}
     with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
                   TimeElapsedColumn(), console=console, transient=False) as progress:
@@ -146,6 +166,9 @@ def cmd_train(settings: Settings, args) -> int:
         def on_event(event: dict) -> None:
             if "components" in event:
                 progress.update(task, total=len(event["components"]), completed=0)
+                if event.get("fallback"):  # Beam steps the chosen runner cannot run
+                    progress.console.print(f"  [yellow]in-process, not {event['beam_runner']}:[/] "
+                                           f"{', '.join(event['fallback'])} (README: Beam runners)")
             elif event.get("state") == "running" and "component" in event:
                 progress.update(task, description=f"pipeline: {event['component']}")
             elif event.get("state") == "finished" and "component" in event:
@@ -322,7 +345,12 @@ def cmd_urls(settings: Settings, args) -> int:
     console.print(f"control room {settings.ui_url}  (Streamlit UI)")
     console.print(f"gateway      {settings.gateway_url}/docs")
     console.print(f"model server {settings.model_server_url}/v2/models/{settings.model_name}")
-    console.print(f"MLflow       {settings.mlflow_tracking_uri}")
+    login = ""
+    if settings.mlflow_auth and not settings.mlflow_external_uri:  # where the password is, never it
+        where = "TAXI_MLFLOW_ADMIN_PASSWORD" if settings.mlflow_admin_password else \
+            settings.state_dir / "mlflow_admin_password"
+        login = f"  (user {settings.mlflow_admin_username}, password in {where})"
+    console.print(f"MLflow       {settings.mlflow_tracking_uri}{login}")
     console.print(f"Prometheus   {settings.prometheus_url}")
     console.print(f"Alertmanager {settings.alertmanager_url}")
     console.print(f"Pushgateway  {settings.pushgateway_url}")
@@ -417,7 +445,14 @@ def cmd_env(settings: Settings, args) -> int:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="taxi-mlops", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
-    sub.add_parser("up", help="start the local stack (idempotent)").set_defaults(func=cmd_up)
+    p = sub.add_parser("up", help="start the local stack (idempotent)")
+    p.add_argument("--kafka-nodes", type=int, default=None, metavar="N",
+                   help="a local N-node KRaft cluster instead of one broker (TAXI_KAFKA_NODES); "
+                        "fixed once its data is formatted")
+    p.add_argument("--redis-cluster", type=int, default=None, metavar="N",
+                   help="the online store on a local Redis Cluster of N >= 3 masters instead of one "
+                        "Redis (TAXI_REDIS_CLUSTER_NODES; 0: one Redis)")
+    p.set_defaults(func=cmd_up)
     sub.add_parser("down", help="stop the local stack").set_defaults(func=cmd_down)
     p = sub.add_parser("status", help="health of every component")
     p.add_argument("--json", action="store_true", help="machine-readable output")
@@ -428,6 +463,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--family", choices=("dnn", "linear"), default="dnn",
                    help="model family the Trainer builds on the shared Transform output")
     p.add_argument("--no-deploy", action="store_true", help="do not reload the model server")
+    p.add_argument("--beam-runner", choices=("direct-in-process", "direct-multi-process", "dask", "portable"),
+                   help="where the Beam steps run (default TAXI_BEAM_RUNNER, direct-in-process); "
+                        "portable takes the runner from TAXI_BEAM_EXTRA_ARGS")
     p.set_defaults(func=cmd_train)
     p = sub.add_parser("retrain", help="fresh data version from the stream, train, start an experiment")
     p.add_argument("--reason", default="manual", help="recorded on the MLflow run (retrain.reason)")
@@ -481,6 +519,9 @@ def build_parser() -> argparse.ArgumentParser:
     from taxi_mlops.rollout import cli as rollout_cli
 
     rollout_cli.register(sub, lambda fn: lambda settings, args: fn(settings, args, console))
+    from taxi_mlops.pipeline import kfp as kfp_cli
+
+    kfp_cli.register(sub, lambda fn: lambda settings, args: fn(settings, args, console))
     return parser
 
 
@@ -491,21 +532,24 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as exc:  # pydantic names the bad variable
         err.print(f"[red]error:[/] invalid settings: {exc}")
         return 2
+    from taxi_mlops import security
     from taxi_mlops.data.versioning import DataVersionError
     from taxi_mlops.pipeline.launcher import PipelineFailed
     from taxi_mlops.pipeline_env import PipelineEnvError
     from taxi_mlops.registry.models import RegistryUnavailable
     from taxi_mlops.rollout.cli import RolloutCliError
     from taxi_mlops.stack.process import ServiceStartError
+    from taxi_mlops.stack.redis_cluster import RedisClusterError
     from taxi_mlops.streaming.broker import BrokerSetupError
     from taxi_mlops.streaming.replay import ReplayError
     from taxi_mlops.streaming.topics import TopicError
 
     started = time.monotonic()
     try:
-        return args.func(settings, args)
+        with security.mlflow_login(settings):  # the operator's commands: MLflow's admin
+            return args.func(settings, args)
     except (CliError, ServiceStartError, PipelineFailed, PipelineEnvError, DataVersionError,
-            RegistryUnavailable, BrokerSetupError, ReplayError, TopicError, RolloutCliError,
+            RegistryUnavailable, BrokerSetupError, RedisClusterError, ReplayError, TopicError, RolloutCliError,
             ValueError) as exc:
         err.print(f"[red]error:[/] {exc}")
         return 1

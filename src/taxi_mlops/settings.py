@@ -9,11 +9,12 @@ one object.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from taxi_mlops import paths
+from taxi_mlops import __version__, paths
 
 MODEL_NAME = "chicago-taxi-tips"
 
@@ -27,6 +28,10 @@ class Settings(BaseSettings):
     redis_port: int = 6390
     redis_password: str | None = Field(None, description=(
         "Redis's requirepass; default: generated into <state_dir>/redis_password (mode 0600)."))
+    # ---- Redis Cluster (issue 12, part 2: stack/redis_cluster.py) ---------------------------
+    redis_cluster_nodes: int = Field(0, ge=0, le=16, description=(
+        "0: one Redis on redis_port. N >= 3: a Redis Cluster of N masters started by `up`, node i "
+        "on redis_port + i (cluster bus: that port + 10000); Feast reads it as redis_cluster."))
     mlflow_port: int = 5050
     model_server_port: int = 8090
     gateway_port: int = 8000
@@ -40,6 +45,23 @@ class Settings(BaseSettings):
     mlflow_external_uri: str | None = Field(
         None, description="Use an external MLflow server; none is started."
     )
+    # ---- MLflow authentication (issue 11, part 5: security.py, stack/services.py) ----------
+    mlflow_auth: bool = Field(True, description=(
+        "Start MLflow with its basic-auth app: a request without a valid user is 401. Our "
+        "services log in as the admin (writers) or the read-only user (readers)."))
+    mlflow_admin_username: str = Field("admin", pattern=r"^[A-Za-z0-9._@-]+$", description=(
+        "MLflow's admin user (created at the first start); for an external MLflow, its writer."))
+    mlflow_admin_password: str | None = Field(None, description=(
+        "Its password; default: generated into <state_dir>/mlflow_admin_password (mode 0600). "
+        "For an external MLflow: none sent unless set."))
+    mlflow_reader_username: str = Field("reader", pattern=r"^[A-Za-z0-9._@-]+$", description=(
+        "The read-only MLflow user of the model servers, the UI and the stream workers."))
+    mlflow_reader_password: str | None = Field(None, description=(
+        "Its password; default: generated into <state_dir>/mlflow_reader_password (mode 0600). "
+        "For an external MLflow: the admin's credentials are used unless set."))
+    mlflow_auth_db_uri: str | None = Field(None, description=(
+        "The basic-auth app's user store; default: the backend store when it is PostgreSQL "
+        "(its tables are distinct), else sqlite in the state dir."))
 
     kafka_port: int = 9092
     kafka_controller_port: int = 9093
@@ -47,6 +69,21 @@ class Settings(BaseSettings):
         None, alias="KAFKA_BOOTSTRAP_SERVERS",
         description="Use an external Kafka cluster; no broker is started.",
     )
+    # ---- local Kafka cluster (issue 12, part 1: streaming/broker.py) -------------------------
+    kafka_nodes: int = Field(1, ge=1, le=9, description=(
+        "KRaft nodes (each broker and controller) started by `up` on this machine; node N "
+        "listens on kafka_port, kafka_controller_port and kafka_metrics_port + N * "
+        "kafka_node_port_step. Fixed when the data is first formatted."))
+    kafka_node_port_step: int = Field(100, ge=1, description=(
+        "Port distance between Kafka nodes (the default ports 9092-9096 sit one apart)."))
+    kafka_sasl: bool = Field(False, description=(
+        "The local brokers' client and inter-broker listener is SASL_PLAINTEXT with SCRAM-SHA-512 "
+        "(PLAINTEXT otherwise); our clients log in as kafka_sasl_username. Fixed when the data is "
+        "first formatted (the credential is created then)."))
+    kafka_sasl_username: str = Field("taxi-mlops", pattern=r"^[A-Za-z0-9._-]+$",
+                                     description="The SCRAM user of the brokers and our clients.")
+    kafka_password: str | None = Field(None, description=(
+        "The SCRAM user's password; default: generated into <state_dir>/kafka_password (mode 0600)."))
 
     # ---- observability ------------------------------------------------------------------
     prometheus_port: int = 9090
@@ -60,6 +97,10 @@ class Settings(BaseSettings):
     label_join_metrics_port: int = 9107
     quality_metrics_port: int = Field(9108, description="The data-quality worker's /metrics.")
     prediction_store_metrics_port: int = Field(9109, description="The prediction-store worker's /metrics.")
+    prediction_retention_days: float = Field(
+        30.0, ge=0, description="The prediction store deletes predictions older than this; 0 keeps everything.")
+    prediction_prune_interval_s: float = Field(
+        600.0, gt=0, description="How often the prediction-store worker prunes (and once at start).")
     quality_window_events: int = Field(1000, description="Data-quality summary every N events ...")
     quality_window_s: float = Field(60.0, description="... or every this many seconds, whichever first.")
     quality_reference_refresh_s: float = Field(
@@ -87,6 +128,13 @@ class Settings(BaseSettings):
 
     model_name: str = MODEL_NAME
     serving_alias: str = "champion"
+
+    # ---- serving throughput (issue 11 part 2: serving/batching.py) --------------------------
+    model_batch_max_rows: int = Field(256, ge=1, description=(
+        "Micro-batching: at most this many rows per model call (concurrent requests share one)."))
+    model_batch_wait_ms: float = Field(0.0, ge=0, le=50, description=(
+        "Micro-batching: under load, wait up to this long to gather more rows (0: only what "
+        "queued during the previous call)."))
 
     # ---- serving and rollout (issue 7) ------------------------------------------------------
     model_server_replicas: int = Field(1, ge=1, le=16, description=(
@@ -123,6 +171,23 @@ class Settings(BaseSettings):
     restart_window_s: float = Field(300.0, gt=0, description="The window restart_max_crashes counts in.")
 
     pipeline_python: Path | None = Field(None, description="Python of the TFX virtual environment.")
+
+    # ---- pipeline runners and KFP (issue 12, parts 3-4: pipeline/runners.py, pipeline/kfp.py) ----
+    beam_runner: Literal["direct-in-process", "direct-multi-process", "dask", "portable"] = Field(
+        "direct-in-process", description=(
+            "Where the pipeline's Beam steps run: in the pipeline process, DirectRunner worker "
+            "processes, a local Dask cluster, or a portable runner named in beam_extra_args."))
+    beam_workers: int = Field(2, ge=1, le=64, description=(
+        "direct-multi-process: --direct_num_workers; dask: worker processes of the local cluster."))
+    beam_extra_args: str = Field("", description=(
+        "Extra Beam pipeline args, shell-quoted (e.g. '--runner=FlinkRunner --flink_master=host:8081' "
+        "with beam_runner=portable)."))
+    kfp_image: str = Field(f"taxi-mlops-pipeline:{__version__}", description=(
+        "Container image of every step in the compiled KFP pipeline (deploy/docker/pipeline.Dockerfile)."))
+    kfp_pipeline_root: str = Field("/mnt/taxi/pipeline-root", description=(
+        "KFP pipeline root (gs://bucket/path or a PVC mount); overridable when the run is submitted."))
+    kfp_data_root: str = Field("/mnt/taxi/data", description=(
+        "KFP: folder holding input/ (data.csv + data_version.json) and chicago_taxi/data.csv."))
     request_timeout_s: float = Field(2.0, description="Timeout of every gateway call to a dependency.")
     startup_timeout_s: float = 120.0
 
@@ -162,11 +227,36 @@ class Settings(BaseSettings):
 
     @property
     def redis_connection_string(self) -> str:
-        """Feast's Redis connection format (host:port,db=N,password=...): a secret, never logged."""
+        """Feast's Redis connection format (host:port,db=N,password=...): a secret, never logged.
+        A cluster lists every node (any one bootstraps the client) and has no ``db``."""
         from taxi_mlops import security
 
+        if self.redis_cluster_nodes:
+            nodes = ",".join(f"{self.host}:{port}" for port in self.redis_node_ports)
+            return (f"{nodes},password={security.redis_password(self)},"
+                    "socket_timeout=2,socket_connect_timeout=2")
         return (f"{self.host}:{self.redis_port},db=0,password={security.redis_password(self)},"
                 "socket_timeout=2,socket_connect_timeout=2")
+
+    @property
+    def redis_node_ports(self) -> list[int]:
+        """The port of every Redis process ``up`` starts: one, or a cluster's masters in a row."""
+        return [self.redis_port + i for i in range(max(1, self.redis_cluster_nodes))]
+
+    @model_validator(mode="after")
+    def _redis_cluster_shape(self) -> "Settings":
+        """Too few masters or a node port on another service's port fails here, not at start."""
+        if self.redis_cluster_nodes in (1, 2):
+            raise ValueError(f"redis_cluster_nodes={self.redis_cluster_nodes}: a Redis Cluster needs at "
+                             "least 3 masters; use 0 for one Redis or 3 or more")
+        if self.redis_cluster_nodes:
+            others = {getattr(self, n) for n in type(self).model_fields
+                      if n.endswith("_port") and n != "redis_port"}
+            clash = sorted(set(self.redis_node_ports[1:]) & others)
+            if clash:
+                raise ValueError(f"redis_cluster_nodes={self.redis_cluster_nodes}: Redis node ports {clash} "
+                                 "collide with other ports; set TAXI_REDIS_PORT elsewhere")
+        return self
 
     @property
     def mlflow_tracking_uri(self) -> str:
@@ -181,8 +271,43 @@ class Settings(BaseSettings):
         return self.state_dir / "mlflow" / "artifacts"
 
     @property
+    def mlflow_auth_database_uri(self) -> str:
+        """Users beside the registry they guard: a PostgreSQL backend holds them too (one
+        database to back up, shared by every server on it); else sqlite in the state dir."""
+        if self.mlflow_auth_db_uri:
+            return self.mlflow_auth_db_uri
+        if self.mlflow_backend_uri and self.mlflow_backend_uri.startswith("postgresql"):
+            return self.mlflow_backend_uri
+        return f"sqlite:///{self.state_dir / 'mlflow' / 'basic_auth.db'}"
+
+    @property
     def kafka_bootstrap_servers(self) -> str:
-        return self.kafka_bootstrap_override or f"{self.host}:{self.kafka_port}"
+        """Every local node, so a client bootstraps while any one of them is up."""
+        return self.kafka_bootstrap_override or ",".join(
+            f"{self.host}:{self.kafka_node_ports(i)[0]}" for i in range(self.kafka_nodes))
+
+    def kafka_node_ports(self, node: int) -> tuple[int, int, int]:
+        """(broker, controller, JMX exporter) ports of local Kafka node ``node``; node 0's are
+        the configured ones."""
+        step = node * self.kafka_node_port_step
+        return (self.kafka_port + step, self.kafka_controller_port + step, self.kafka_metrics_port + step)
+
+    def kafka_node_data_dir(self, node: int) -> Path:
+        """Node 0 keeps the single broker's folder, so a 1-node stack is what it always was."""
+        return self.kafka_data_dir if node == 0 else self.state_dir / f"kafka-{node}"
+
+    @model_validator(mode="after")
+    def _kafka_node_ports_distinct(self) -> "Settings":
+        """A node port landing on another port fails here, not as a broker that will not bind."""
+        if self.kafka_nodes > 1 and not self.kafka_bootstrap_override:
+            ports = [p for i in range(self.kafka_nodes) for p in self.kafka_node_ports(i)]
+            others = {getattr(self, n) for n in type(self).model_fields
+                      if n.endswith("_port") and not n.startswith("kafka_")}
+            clash = sorted({p for p in ports if ports.count(p) > 1 or p in others})
+            if clash:
+                raise ValueError(f"kafka_nodes={self.kafka_nodes}: node ports {clash} collide with "
+                                 "other ports; set TAXI_KAFKA_NODE_PORT_STEP to a larger step")
+        return self
 
     @property
     def kafka_data_dir(self) -> Path:
@@ -257,6 +382,7 @@ class Settings(BaseSettings):
         return {
             "TAXI_FEAST_REGISTRY": str(self.feast_data_dir / "registry.db"),
             "TAXI_FEAST_REDIS": self.redis_connection_string,
+            "TAXI_FEAST_REDIS_TYPE": "redis_cluster" if self.redis_cluster_nodes else "redis",
             "TAXI_FEAST_DATA": str(self.feast_data_dir),
         }
 

@@ -54,3 +54,14 @@ def test_predict_to_the_data_version_in_two_clicks(driver, ui, observed_stack, s
     lineage = httpx.get(f"{observed_stack.gateway_url}/predictions/{request_id}", timeout=10).json()
     assert shown["data version (DVC)"] == lineage["data"]["dvc_data_version"][:12]
     assert f"request_id={request_id}" in driver.current_url
+
+
+def test_images_are_served_and_nothing_is_logged_as_a_traceback(ui, observed_stack):
+    """Streamlit 1.60's gzip wrapper dropped the response start of PNGs under Starlette 1.10
+    (a 500 and a traceback per page load); ``ui/serve.py`` unwraps it."""
+    for encoding in ("gzip", "identity"):
+        r = httpx.get(f"{ui}/favicon.png", headers={"Accept-Encoding": encoding}, timeout=10)
+        assert r.status_code == 200 and r.headers["content-type"] == "image/png"
+        assert r.content.startswith(b"\x89PNG")
+    log = (observed_stack.logs_dir / "ui.log").read_text(errors="replace")
+    assert "Traceback" not in log and "Expected ASGI message" not in log

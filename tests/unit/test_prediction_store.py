@@ -181,3 +181,71 @@ def test_lookup_gives_a_partial_chain_naming_each_missing_backend(tmp_path):
     assert listed.count == 1 and listed.predictions[0].correct is True
     assert lineage.list("4", None, 10).count == 0
     shutil.rmtree(tmp_path / "predictions", ignore_errors=True)
+
+
+# ---- retention ---------------------------------------------------------------------------------
+def test_prune_deletes_old_predictions_and_only_orphaned_old_labels(store):
+    old, new = T0, T0 + timedelta(days=40)
+    store.write([log("old-1", trip_id="t-old", at=old), log("old-2", trip_id="t-shared", at=old),
+                 log("new-1", trip_id="t-new", at=new), log("new-2", trip_id="t-shared", at=new)])
+    # Labels stored long ago: one orphaned by the prune, one still referenced by a kept prediction.
+    store.write(labels=[label("t-old", True), label("t-shared", False), label("t-new", True)],
+                stored_at=old.timestamp())
+    # A label stored recently whose prediction has not arrived yet: kept.
+    store.write(labels=[label("t-early", True)], stored_at=new.timestamp())
+
+    assert store.prune((old + timedelta(days=1)).timestamp()) == (2, 1)
+    assert store.get("old-1") is None and store.get("old-2") is None
+    assert store.get("new-2").label["big_tipper"] is False  # its label survived
+    assert store.counts() == {"predictions": 2, "labels": 3}
+    store.write([log("late", trip_id="t-early", at=new)])
+    assert store.get("late").label["big_tipper"] is True
+
+
+def test_prune_works_in_chunks(store):
+    store.write([log(f"r{i}", trip_id=f"t{i}", at=T0 + timedelta(seconds=i)) for i in range(7)])
+    assert store.prune((T0 + timedelta(seconds=5)).timestamp(), chunk=2) == (5, 0)
+    assert [s.request_id for s in store.list(limit=10)] == ["r6", "r5"]
+
+
+def test_a_store_made_before_retention_is_migrated(tmp_path):
+    import sqlite3
+
+    path = tmp_path / "old.sqlite"
+    conn = sqlite3.connect(path)
+    conn.execute("CREATE TABLE labels (trip_id TEXT PRIMARY KEY, big_tipper INTEGER NOT NULL, tips REAL, "
+                 "fare REAL, event_time TEXT) WITHOUT ROWID")
+    conn.execute("INSERT INTO labels VALUES ('t-1', 1, 3.0, 10.0, NULL)")
+    conn.commit()
+    conn.close()
+    s = PredictionStore(path)
+    try:
+        # Aged from the migration: a prune of everything older than an hour ago keeps it.
+        assert s.prune((datetime.now(timezone.utc) - timedelta(hours=1)).timestamp()) == (0, 0)
+        assert s.prune((datetime.now(timezone.utc) + timedelta(hours=1)).timestamp()) == (0, 1)
+    finally:
+        s.close()
+
+
+def test_the_worker_prunes_at_start_then_every_interval_and_never_when_off(tmp_path):
+    from taxi_mlops.lineage.consumer import PredictionStoreWorker
+
+    settings = Settings(state_dir=tmp_path, kafka_port=free_port(), prediction_retention_days=1,
+                        prediction_prune_interval_s=600)
+    worker = PredictionStoreWorker(settings)  # no broker needed: nothing is consumed here
+    try:
+        ancient = datetime.now(timezone.utc) - timedelta(days=3)
+        worker.store.write([log("a", at=ancient), log("b", trip_id="t-2", at=ancient)])
+        assert worker.prune_if_due(now=1000.0) == (2, 0)
+        worker.store.write([log("c", at=ancient)])
+        assert worker.prune_if_due(now=1500.0) == (0, 0)  # not due yet
+        assert worker.prune_if_due(now=1601.0) == (1, 0)
+        assert worker.stats["pruned_predictions"] == 3
+        worker.settings = Settings(state_dir=tmp_path, kafka_port=settings.kafka_port,
+                                   prediction_retention_days=0)
+        worker.store.write([log("d", at=ancient)])
+        assert worker.prune_if_due(now=10_000.0) == (0, 0)
+        assert worker.store.get("d") is not None
+    finally:
+        worker.consumer.close()
+        worker.store.close()

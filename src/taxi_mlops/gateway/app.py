@@ -43,6 +43,7 @@ from taxi_mlops.gateway.middleware import (BodyLimit, MetricsMiddleware, Request
                                            request_context)
 from taxi_mlops.gateway.predictor import Predictor, default_policy
 from taxi_mlops.gateway.router import Router, RoutingPolicy
+from taxi_mlops.gateway.warmup import WarmUp
 from taxi_mlops.gateway.schemas import (MAX_BATCH, BatchRequest, BatchResponse, BatchResult,
                                         HealthReport, Prediction, Trip)
 from taxi_mlops.observability import logs
@@ -55,6 +56,7 @@ MAX_BODY_BYTES = 64 * 1024
 BODY_LIMITS = {"/predict/batch": 1024 * MAX_BATCH}
 LOG_SYNC_INTERVAL_S = 1.0  # prediction-log counters -> metrics, per worker
 APP_IMPORT = "taxi_mlops.gateway.app:create_app"
+WARM_UP_WAIT_S = 30.0  # start-up waits this long for the warm-up before serving anyway
 
 
 def _lifespan(settings: Settings, metrics: GatewayMetrics | None):
@@ -72,15 +74,21 @@ def _lifespan(settings: Settings, metrics: GatewayMetrics | None):
                                         router=router)
         app.state.control = _control(settings, router)
         routing_task = asyncio.create_task(_refresh_routing(app, settings))
-        try:  # warm the Feast client now; if Redis is not up yet, the first request retries
-            await app.state.predictor.feature_lookup()
-        except Exception as exc:
-            log.warning("feature store not ready at start-up (%s); will retry per request", exc)
+        app.state.warm_up = WarmUp(app.state.predictor, app.state.inference)
+        warm_task = asyncio.create_task(app.state.warm_up.run())
+        # Serve only once warm (uvicorn opens the port after start-up), unless a dependency
+        # is still down after WARM_UP_WAIT_S: then serve, /health 503 until warm (the warm-up
+        # goes on), and a request meanwhile pays for the cold clients itself.
+        done, _ = await asyncio.wait({warm_task}, timeout=WARM_UP_WAIT_S)
+        if not done:
+            log.warning("not warm after %.0f s (%s); serving, /health stays 503 until warm",
+                        WARM_UP_WAIT_S, app.state.warm_up.error)
         sync_task = None
         if metrics is not None:
             _check_metrics_mode(metrics)
             sync_task = asyncio.create_task(_sync_prediction_log(app, metrics))
         yield
+        warm_task.cancel()
         routing_task.cancel()
         if sync_task is not None:
             sync_task.cancel()
@@ -154,10 +162,15 @@ def register_predict_routes(app: FastAPI) -> None:
     @app.post("/predict", response_model=Prediction, responses=documented({
         422: "Invalid trip: each error names its field.",
         503: "A dependency (feature store or model server) is unavailable."}))
-    async def predict(trip: Trip, request: Request, background: BackgroundTasks) -> Prediction:
+    async def predict(trip: Trip, request: Request, background: BackgroundTasks) -> Response:
         ctx = request_context(request.scope)
-        return await request.app.state.predictor.predict(trip, ctx["request_id"], ctx,
-                                                         defer=background.add_task)
+        prediction = await request.app.state.predictor.predict(trip, ctx["request_id"], ctx,
+                                                               defer=background.add_task)
+        # Serialized once, here: returned as a model, FastAPI would validate it again against
+        # ``response_model`` and then encode it (issue 11: CPU per request). The clamps in
+        # ``Predictor._finish`` keep it within the schema ``response_model`` documents.
+        return Response(prediction.model_dump_json(), media_type="application/json",
+                        background=background)
 
 
 def register_batch_routes(app: FastAPI) -> None:
@@ -189,7 +202,7 @@ def register_health_routes(app: FastAPI, settings: Settings) -> None:
         503: {"model": HealthReport, "description": "A dependency does not answer (status 'degraded')."}})
     async def health(request: Request):
         state = request.app.state
-        checks = {"model_server": await state.inference.ready()}
+        checks = {"model_server": await state.inference.ready(), "warm_up": state.warm_up.state()}
         try:
             lookup = await state.predictor.feature_lookup()
             await asyncio.wait_for(run_in_threadpool(lookup.ping), settings.request_timeout_s)
@@ -383,6 +396,10 @@ def register_metrics_route(app: FastAPI, metrics: GatewayMetrics) -> None:
 
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or get_settings()
+    # httpx logs every model-server call at INFO: a second line per /predict, which the
+    # access line (request id, version, latency, status) already covers (issue 11). Here,
+    # not in main(): each uvicorn worker builds the app in its own process.
+    logging.getLogger("httpx").setLevel(logging.WARNING)
     metrics = GatewayMetrics(settings) if settings.metrics_enabled else None
     app = FastAPI(
         title="Chicago Taxi tip gateway",

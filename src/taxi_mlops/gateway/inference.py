@@ -25,6 +25,7 @@ import logging
 import time
 
 import httpx
+import orjson
 
 from taxi_mlops.features import schema
 
@@ -86,7 +87,7 @@ class InferenceClient:
             return f"/v2/models/{self.model_name}/{verb}"
         return f"/v2/models/{self.model_name}/versions/{target}/{verb}"
 
-    async def _post(self, path: str, body: dict, headers: dict) -> httpx.Response:
+    async def _post(self, path: str, body: bytes, headers: dict) -> httpx.Response:
         tried: set[str] = set()
         while True:
             replica = self.pick(tried)
@@ -97,7 +98,7 @@ class InferenceClient:
             tried.add(replica.url)
             replica.outstanding += 1
             try:
-                return await replica.client.post(path, json=body, headers=headers)
+                return await replica.client.post(path, content=body, headers=headers)
             except httpx.TimeoutException as exc:  # slow, not dead: the caller's fallback decides
                 raise ModelServerError(f"model server at {replica.url} timed out") from exc
             except httpx.TransportError as exc:
@@ -110,6 +111,17 @@ class InferenceClient:
                 replica.outstanding -= 1
 
     # ---- inference -------------------------------------------------------------------------
+    @staticmethod
+    def _body(request_id: str, rows: list[dict]) -> bytes:
+        """The v2 request as bytes (orjson: a few times cheaper than httpx's ``json=``)."""
+        return orjson.dumps({
+            "id": request_id,
+            "inputs": [
+                {"name": name, "datatype": dt, "shape": [len(rows)], "data": [r[name] for r in rows]}
+                for name, dt in schema.SERVING_DTYPES.items()
+            ],
+        })
+
     async def infer(self, request_id: str, features: dict, target: str | None = None) -> tuple[float, str | None]:
         probabilities, version = await self.infer_batch(request_id, [features], target)
         return probabilities[0], version
@@ -117,23 +129,36 @@ class InferenceClient:
     async def infer_batch(self, request_id: str, rows: list[dict],
                           target: str | None = None) -> tuple[list[float], str | None]:
         """One v2 request for ``rows`` (model inputs each); probabilities in the same order."""
-        body = {
-            "id": request_id,
-            "inputs": [
-                {"name": name, "datatype": dt, "shape": [len(rows)], "data": [r[name] for r in rows]}
-                for name, dt in schema.SERVING_DTYPES.items()
-            ],
-        }
-        response = await self._post(self._path(target, "infer"), body, {"X-Request-ID": request_id})
+        response = await self._post(self._path(target, "infer"), self._body(request_id, rows),
+                                    {"X-Request-ID": request_id, "Content-Type": "application/json"})
         if response.status_code != 200:
             what = f"model {self.model_name!r}" + (f" target {target!r}" if target else "")
             raise ModelServerError(f"model server answered {response.status_code} for {what}: "
                                    f"{response.text[:300]}", status=response.status_code)
-        payload = response.json()
+        try:
+            payload = orjson.loads(response.content)
+        except orjson.JSONDecodeError as exc:
+            raise ModelServerError(f"model server answered 200 with a body that is not JSON: "
+                                   f"{response.text[:200]}") from exc
         probabilities = [float(p) for p in payload["outputs"][0]["data"]]
         if len(probabilities) != len(rows):
             raise ModelServerError(f"model server answered {len(probabilities)} values for {len(rows)} rows")
         return probabilities, payload.get("model_version")
+
+    async def warm(self, request_id: str, rows: list[dict], target: str | None = None) -> None:
+        """One inference on *every* replica (start-up warm-up: each pool's first connection
+        and each replica's first request are paid here, not by a caller); raises
+        ``ModelServerError`` naming the first replica that does not answer 200."""
+        path, body = self._path(target, "infer"), self._body(request_id, rows)
+        for replica in self.replicas:
+            try:
+                response = await replica.client.post(path, content=body, headers={
+                    "X-Request-ID": request_id, "Content-Type": "application/json"})
+            except httpx.HTTPError as exc:
+                raise ModelServerError(f"model server at {replica.url}: {exc or type(exc).__name__}") from exc
+            if response.status_code != 200:
+                raise ModelServerError(f"model server at {replica.url} answered {response.status_code}: "
+                                       f"{response.text[:200]}", status=response.status_code)
 
     # ---- health ----------------------------------------------------------------------------
     async def ready(self) -> dict:

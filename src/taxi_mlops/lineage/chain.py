@@ -21,7 +21,7 @@ from pathlib import Path
 
 import httpx
 
-from taxi_mlops import paths
+from taxi_mlops import paths, security
 from taxi_mlops.lineage import predictions as store_mod
 from taxi_mlops.lineage import restore as restore_mod
 from taxi_mlops.settings import Settings
@@ -43,12 +43,13 @@ def _kv(items) -> dict:
 class MlflowReader:
     """The three registry/tracking reads the chain needs, each with ``timeout_s``."""
 
-    def __init__(self, tracking_uri: str, timeout_s: float):
-        self.uri, self.timeout_s = tracking_uri.rstrip("/"), timeout_s
+    def __init__(self, tracking_uri: str, timeout_s: float, auth: httpx.Auth | None = None):
+        self.uri, self.timeout_s, self.auth = tracking_uri.rstrip("/"), timeout_s, auth
 
     def _get(self, path: str, params: dict) -> dict:
         try:
-            r = httpx.get(f"{self.uri}/api/2.0/mlflow/{path}", params=params, timeout=self.timeout_s)
+            r = httpx.get(f"{self.uri}/api/2.0/mlflow/{path}", params=params, timeout=self.timeout_s,
+                          auth=self.auth)
         except httpx.HTTPError as exc:
             raise MlflowError(f"mlflow: unreachable at {self.uri} ({type(exc).__name__}: {exc})") from None
         if r.status_code >= 400:
@@ -126,7 +127,8 @@ class ChainBuilder:
 
     def __init__(self, settings: Settings, timeout_s: float | None = None):
         self.settings = settings
-        self.mlflow = MlflowReader(settings.mlflow_tracking_uri, timeout_s or settings.request_timeout_s)
+        self.mlflow = MlflowReader(settings.mlflow_tracking_uri, timeout_s or settings.request_timeout_s,
+                                   auth=security.mlflow_http_auth(settings))  # reads: the reader
         self._versions: dict[tuple[str, str], tuple[float, dict]] = {}  # -> (expires, part)
         self._aliases: dict[str, tuple[float, dict | None, str | None]] = {}
         self._lock = threading.Lock()

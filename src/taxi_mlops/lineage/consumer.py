@@ -17,6 +17,7 @@ import logging
 import sqlite3
 import sys
 import threading
+import time
 
 from taxi_mlops.streaming import metrics  # noqa: I001  (before anything imports Feast)
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
@@ -49,6 +50,12 @@ class StoreMetrics(Collector):
         yield CounterMetricFamily("taxi_prediction_store_dead_lettered_total",
                                   "Undecodable events sent to the dead-letter topic.",
                                   value=stats["dead_lettered"])
+        pruned = CounterMetricFamily("taxi_prediction_store_pruned_total",
+                                     "Rows deleted by retention (settings.prediction_retention_days).",
+                                     labels=["kind"])
+        pruned.add_metric(["prediction"], stats["pruned_predictions"])
+        pruned.add_metric(["label"], stats["pruned_labels"])
+        yield pruned
         yield CounterMetricFamily("taxi_prediction_store_commits_total",
                                   "Batches committed to SQLite and then to Kafka.", value=stats["commits"])
         lag = GaugeMetricFamily("taxi_prediction_store_consumer_lag",
@@ -65,23 +72,26 @@ class PredictionStoreWorker:
         self.settings, self.batch = settings, batch
         self.bootstrap = settings.kafka_bootstrap_servers
         self.store = PredictionStore(settings.predictions_db)
-        self.consumer = Consumer(clients.consumer_config(self.bootstrap, NAME, group))
-        self.producer = events.EventProducer(self.bootstrap, NAME)
+        self.consumer = Consumer(clients.consumer_config(settings, NAME, group))
+        self.producer = events.EventProducer(settings, NAME)
         self.stop_event = threading.Event()
         self.phase = "starting"
-        self.stats = {"predictions": 0, "labels": 0, "dead_lettered": 0, "commits": 0}
+        self.stats = {"predictions": 0, "labels": 0, "dead_lettered": 0, "commits": 0,
+                      "pruned_predictions": 0, "pruned_labels": 0}
+        self._next_prune = 0.0  # monotonic; 0: prune once at start
         self.lag: dict[tuple[str, int], int] = {}
         self.metrics_url: str | None = None
 
     def run(self) -> None:
         self.metrics_url = metrics.serve(metrics.registry_with(StoreMetrics(self)), self.settings.host,
                                          self.settings.prediction_store_metrics_port, NAME)
-        topics.ensure_topics(self.bootstrap)
+        topics.ensure_topics(self.settings)
         self.consumer.subscribe([topics.PREDICTIONS, topics.LABELS])
         self.phase = "running"
         log.info("storing %s and %s in %s", topics.PREDICTIONS, topics.LABELS, self.settings.predictions_db)
         while not self.stop_event.is_set():
             self.step(self.consumer.consume(self.batch, 0.5))
+            self.prune_if_due()
         self.producer.flush(10)
         self.consumer.close()
         self.store.close()
@@ -118,6 +128,26 @@ class PredictionStoreWorker:
         self.stats["commits"] += 1
         self._update_lag(offsets)
         return len(predictions) + len(labels)
+
+    def prune_if_due(self, now: float | None = None) -> tuple[int, int]:
+        """Retention, between batches: the worker is the store's only writer, so pruning here
+        never contends with its own writes."""
+        now = time.monotonic() if now is None else now
+        days = self.settings.prediction_retention_days
+        if days <= 0 or now < self._next_prune:
+            return 0, 0
+        self._next_prune = now + self.settings.prediction_prune_interval_s
+        try:
+            deleted = self.store.prune(time.time() - days * 86400.0)
+        except sqlite3.OperationalError as exc:  # locked by a long reader: the next round prunes
+            log.warning("pruning the prediction store failed (%s); retrying in %.0f s", exc,
+                        self.settings.prediction_prune_interval_s)
+            return 0, 0
+        self.stats["pruned_predictions"] += deleted[0]
+        self.stats["pruned_labels"] += deleted[1]
+        if any(deleted):
+            log.info("pruned %d predictions and %d labels older than %g days", *deleted, days)
+        return deleted
 
     def _write(self, predictions: list[dict], labels: list[dict]) -> None:
         """The batch into SQLite; a locked or full database is retried (these messages are

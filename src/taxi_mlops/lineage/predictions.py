@@ -14,6 +14,12 @@ Labels have their own table, keyed by trip id, and are joined when read: a label
 before its prediction (or a prediction replayed after its label) needs no fix-up, and every
 write is an idempotent upsert, so a redelivered message changes nothing. A prediction is
 right when ``(p >= 0.5) == big_tipper``, the label join's rule.
+
+Retention (``prune``): predictions older than ``settings.prediction_retention_days`` (by the
+time they were made) are deleted, and so are labels stored that long ago that no kept
+prediction references. A label is aged by when it was stored, not by its trip's event time:
+replayed trips carry event times from years ago. SQLite reuses the freed pages, so the file
+stops growing instead of shrinking.
 """
 
 from __future__ import annotations
@@ -22,6 +28,7 @@ import json
 import re
 import sqlite3
 import threading
+import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -61,7 +68,8 @@ CREATE TABLE IF NOT EXISTS labels (
     big_tipper INTEGER NOT NULL,
     tips REAL,
     fare REAL,
-    event_time TEXT
+    event_time TEXT,
+    stored_at REAL
 ) WITHOUT ROWID;
 """
 
@@ -75,9 +83,15 @@ UPSERT_PREDICTION = (
     f"ON CONFLICT (request_id) DO UPDATE SET "
     + ", ".join(f"{c} = excluded.{c}" for c in COLUMNS if c != "request_id")
     + " WHERE excluded.ts >= predictions.ts")
-UPSERT_LABEL = ("INSERT INTO labels (trip_id, big_tipper, tips, fare, event_time) VALUES (?, ?, ?, ?, ?) "
+UPSERT_LABEL = ("INSERT INTO labels (trip_id, big_tipper, tips, fare, event_time, stored_at) "
+                "VALUES (?, ?, ?, ?, ?, ?) "
                 "ON CONFLICT (trip_id) DO UPDATE SET big_tipper = excluded.big_tipper, tips = excluded.tips, "
-                "fare = excluded.fare, event_time = excluded.event_time")
+                "fare = excluded.fare, event_time = excluded.event_time, stored_at = excluded.stored_at")
+# Deleted a chunk at a time, so the write lock is never held for long while gateway workers read.
+PRUNE_PREDICTIONS = ("DELETE FROM predictions WHERE request_id IN "
+                     "(SELECT request_id FROM predictions WHERE ts < ? LIMIT ?)")
+PRUNE_LABELS = ("DELETE FROM labels WHERE trip_id IN (SELECT l.trip_id FROM labels l WHERE l.stored_at < ? "
+                "AND NOT EXISTS (SELECT 1 FROM predictions p WHERE p.trip_id = l.trip_id) LIMIT ?)")
 SELECT = ("SELECT p.*, l.big_tipper AS label_big_tipper, l.tips AS label_tips, "
           "l.event_time AS label_event_time FROM predictions p LEFT JOIN labels l ON l.trip_id = p.trip_id")
 
@@ -120,10 +134,10 @@ def prediction_row(p: dict) -> tuple:
             json.dumps(p.get("features") or {}, separators=(",", ":")))
 
 
-def label_row(lab: dict) -> tuple:
-    """A ``LabelEventV1`` (as a dict) as a row of ``labels``."""
+def label_row(lab: dict, stored_at: float | None = None) -> tuple:
+    """A ``LabelEventV1`` (as a dict) as a row of ``labels``, stamped with when it was stored."""
     return (lab["trip_id"], int(bool(lab["big_tipper"])), lab.get("tips"), lab.get("fare"),
-            _iso(lab.get("event_time")))
+            _iso(lab.get("event_time")), time.time() if stored_at is None else stored_at)
 
 
 def correct(probability: float, big_tipper) -> bool | None:
@@ -183,22 +197,45 @@ class PredictionStore:
             self.conn.execute("PRAGMA journal_mode=WAL")
             self.conn.execute("PRAGMA synchronous=NORMAL")  # durable at checkpoints; WAL stays consistent
             self.conn.executescript(SCHEMA)
+            self._migrate()
         self.conn.row_factory = sqlite3.Row
+
+    def _migrate(self) -> None:
+        """Stores made before retention have no ``labels.stored_at``: add it, aged from now."""
+        columns = {row[1] for row in self.conn.execute("PRAGMA table_info(labels)")}
+        if "stored_at" not in columns:
+            with self.conn:
+                self.conn.execute("ALTER TABLE labels ADD COLUMN stored_at REAL")
+                self.conn.execute("UPDATE labels SET stored_at = ?", (time.time(),))
 
     def close(self) -> None:
         self.conn.close()
 
     # ---- writes (the consumer) ---------------------------------------------------------------
-    def write(self, predictions: Iterable[dict] = (), labels: Iterable[dict] = ()) -> tuple[int, int]:
+    def write(self, predictions: Iterable[dict] = (), labels: Iterable[dict] = (),
+              stored_at: float | None = None) -> tuple[int, int]:
         """Upsert a batch in one transaction -> (predictions, labels) written."""
         prows = [prediction_row(p) for p in predictions]
-        lrows = [label_row(lab) for lab in labels]
+        lrows = [label_row(lab, stored_at) for lab in labels]
         with self._lock, self.conn:
             if prows:
                 self.conn.executemany(UPSERT_PREDICTION, prows)
             if lrows:
                 self.conn.executemany(UPSERT_LABEL, lrows)
         return len(prows), len(lrows)
+
+    def prune(self, before: float, chunk: int = 5000) -> tuple[int, int]:
+        """Delete predictions made before ``before`` (epoch seconds), then the labels stored
+        before it that no remaining prediction references -> (predictions, labels) deleted."""
+        deleted = [0, 0]
+        for i, sql in enumerate((PRUNE_PREDICTIONS, PRUNE_LABELS)):
+            while True:
+                with self._lock, self.conn:
+                    n = self.conn.execute(sql, (before, chunk)).rowcount
+                deleted[i] += n
+                if n < chunk:
+                    break
+        return deleted[0], deleted[1]
 
     # ---- reads (the gateway) -----------------------------------------------------------------
     def get(self, request_id: str) -> Stored | None:

@@ -65,7 +65,9 @@ def scrape_targets(settings: Settings) -> list[tuple[str, str, str]]:
     if not settings.mlflow_external_uri:
         targets.append(("mlflow", f"{h}:{settings.mlflow_port}", "mlflow"))
     if kafka_is_local(settings):
-        targets.append(("kafka", f"{h}:{settings.kafka_metrics_port}", "kafka"))
+        # one target per node, component = the node's service name (kafka, kafka-1, ...)
+        targets += [("kafka", f"{h}:{settings.kafka_node_ports(i)[2]}", "kafka" if i == 0 else f"kafka-{i}")
+                    for i in range(settings.kafka_nodes)]
     targets.append(("stream_processor", f"{h}:{settings.processor_metrics_port + 0}", service_name(0)))
     targets.append(("label_join", f"{h}:{settings.label_join_metrics_port}", LABEL_JOIN))
     targets.append(("data_quality", f"{h}:{settings.quality_metrics_port}", DATA_QUALITY))
@@ -98,7 +100,30 @@ def build_config(settings: Settings) -> dict:
 def write_config(settings: Settings) -> Path:
     """Write ``prometheus.yml`` (and the data dir); returns the config path."""
     data_dir(settings).mkdir(parents=True, exist_ok=True)
-    return write_yaml(config_path(settings), build_config(settings), __name__)
+    config = build_config(settings)
+    _mlflow_scrape_login(settings, config)
+    return write_yaml(config_path(settings), config, __name__)
+
+
+def _mlflow_scrape_login(settings: Settings, config: dict) -> None:
+    """MLflow's /metrics is behind its basic-auth app, which is fail-closed: a route without a
+    permission rule (this one) is for admins only, so Prometheus logs in as the admin, its
+    password in a file of mode 0600 beside the config (not in the config itself)."""
+    import os
+
+    from taxi_mlops import security
+
+    pair = None if settings.mlflow_external_uri else security.mlflow_credentials(settings)
+    if pair is None:
+        return
+    password_file = config_path(settings).with_name("mlflow_password")
+    password_file.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(password_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(pair[1])
+    for job in config["scrape_configs"]:
+        if job["job_name"] == "mlflow":
+            job["basic_auth"] = {"username": pair[0], "password_file": str(password_file)}
 
 
 def targets_health(settings: Settings, timeout_s: float = 2.0) -> list[dict]:

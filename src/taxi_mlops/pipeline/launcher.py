@@ -23,10 +23,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from taxi_mlops import paths
+from taxi_mlops import paths, security
 from taxi_mlops.data import versioning
 from taxi_mlops.features import schema, tables
-from taxi_mlops.pipeline import metrics, run_records, slicing
+from taxi_mlops.pipeline import metrics, run_records, runners, slicing
 from taxi_mlops.registry import models
 from taxi_mlops.settings import Settings
 from taxi_mlops.stack.process import child_env
@@ -105,6 +105,7 @@ def pipeline_env(settings: Settings) -> dict[str, str]:
         "TF_CPP_MIN_LOG_LEVEL": "2",
         **settings.as_env(),  # the FeastPusher's platform-side call rebuilds the same Settings
         "MLFLOW_HTTP_REQUEST_TIMEOUT": "60",
+        **security.mlflow_env(settings),  # the MlflowLogger registers the model: the admin
     })
     return env
 
@@ -247,6 +248,7 @@ def _run(settings: Settings, progress: Callable[[dict], None], started: float,
         "platform_python": sys.executable,
         "baseline_model_uri": baseline_uri,
         "baseline_version": champion.version if champion and baseline_uri else None,
+        **runners.config(settings),  # how the Beam steps run: not part of the fingerprint
         **overrides,
     }
     log_path = settings.logs_dir / f"pipeline-{time.strftime('%Y%m%d-%H%M%S')}.log"

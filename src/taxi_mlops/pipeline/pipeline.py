@@ -22,7 +22,7 @@ from tfx.dsl.components.common import importer
 from taxi_mlops.features import schema
 from taxi_mlops.pipeline.components.dvc_example_gen.component import DvcCsvExampleGen
 from taxi_mlops.pipeline.components.feast_pusher.component import FeastPusher
-from taxi_mlops.pipeline import slicing
+from taxi_mlops.pipeline import runners, slicing
 from taxi_mlops.pipeline.components.mlflow_logger.component import MlflowLogger
 from taxi_mlops.pipeline.components.slice_gate.component import SliceGate
 from taxi_mlops.pipeline.quality import MAX_REGRESSION, MIN_ACCURACY, MIN_AUC
@@ -36,14 +36,6 @@ USER_MODULE = "taxi_mlops.pipeline.trainer_module.taxi_model"
 CALIBRATION_BUCKETS = 100
 
 PIPELINE_NAME = "chicago_taxi_tips"
-
-# In-process Beam. Without a dependency option TFX builds an sdist of itself for remote
-# workers before every Beam component (~4 s each here); FnApiRunner runs the SDK in this
-# process and never reads the image name, which only stops that build.
-LOCAL_BEAM_ARGS = [
-    "--runner=apache_beam.runners.portability.fn_api_runner.fn_runner.FnApiRunner",
-    "--sdk_container_image=in-process",
-]
 
 # Model families the Trainer can build on the same Transform output, and their
 # hyper-parameters (Trainer custom_config; the trainer module records them in history.json).
@@ -76,7 +68,13 @@ class PipelineConfig:
     epochs: int = 5
     family: str = DEFAULT_FAMILY  # a key of FAMILIES
     experiment_name: str = "chicago-taxi-training"
-    beam_args: List[str] = dataclasses.field(default_factory=list)
+    # How the Beam steps run (runners.py); run.py turns them into beam_args.
+    beam_runner: str = runners.IN_PROCESS
+    beam_workers: int = 2
+    beam_extra_args: List[str] = dataclasses.field(default_factory=list)
+    beam_args: List[str] = dataclasses.field(default_factory=list)  # explicit: wins over the above
+    beam_fallback: bool = True  # steps the runner cannot run go in-process (runners.DASK_UNSUPPORTED)
+    pipeline_name: str = PIPELINE_NAME  # KFP v2 allows [a-z0-9-] only (kfp_compile.py)
 
 
 def eval_config(with_baseline: bool) -> tfma.EvalConfig:
@@ -185,12 +183,18 @@ def create_pipeline(cfg: PipelineConfig) -> tfx.dsl.Pipeline:
         model_name=cfg.model_name, baseline_version=cfg.baseline_version,
         platform_python=cfg.platform_python)
     components += [evaluator, slice_gate, pusher, feast_pusher, mlflow_logger]
+    for component in components:  # steps the configured runner cannot run (runners.py)
+        extra = runners.component_args(cfg.beam_runner, component.id, cfg.beam_fallback)
+        if extra and hasattr(component, "with_beam_pipeline_args"):
+            component.with_beam_pipeline_args(extra)
     return tfx.dsl.Pipeline(
-        pipeline_name=PIPELINE_NAME,
+        pipeline_name=cfg.pipeline_name,
         pipeline_root=cfg.pipeline_root,
         components=components,
         enable_cache=True,
         metadata_connection_config=tfx.orchestration.metadata.sqlite_metadata_connection_config(
             cfg.metadata_path),
-        beam_pipeline_args=cfg.beam_args or LOCAL_BEAM_ARGS,
+        beam_pipeline_args=cfg.beam_args or runners.beam_args(
+            cfg.beam_runner, cfg.beam_workers, cfg.beam_extra_args,
+            dask_scheduler_file=str(runners.scheduler_file(cfg.pipeline_root))),
     )

@@ -5,6 +5,7 @@ our progress lines (``PROGRESS {...}``) from stdout and keeps the full log. The 
 are ``PipelineConfig``'s fields (``family`` among them: the model family the Trainer builds).
 """
 
+import dataclasses
 import json
 import logging
 import os
@@ -31,6 +32,7 @@ def main(argv):
     from absl import logging as absl_logging
     from tfx import v1 as tfx
 
+    from taxi_mlops.pipeline import runners
     from taxi_mlops.pipeline.pipeline import PipelineConfig, create_pipeline
 
     absl_logging.set_verbosity(absl_logging.INFO)
@@ -38,10 +40,17 @@ def main(argv):
     logging.basicConfig(format="%(asctime)s %(levelname)s:%(name)s:%(message)s", force=True)
     logging.getLogger().addHandler(_ProgressHandler())
     cfg = PipelineConfig(**raw)
-    pipeline = create_pipeline(cfg)
-    print("PROGRESS " + json.dumps({"components": [c.id for c in pipeline.components],
-                                    "family": cfg.family}), flush=True)
-    tfx.orchestration.LocalDagRunner().run(pipeline)
+    # The Dask runner's local cluster lives as long as the run (runners.started).
+    with runners.started(cfg.beam_runner, cfg.beam_workers, cfg.beam_extra_args,
+                         cfg.pipeline_root) as beam_args:
+        pipeline = create_pipeline(dataclasses.replace(cfg, beam_args=cfg.beam_args or beam_args))
+        # Beam steps the runner cannot run, run in-process instead (runners.DASK_UNSUPPORTED).
+        fallback = [c.id for c in pipeline.components
+                    if runners.component_args(cfg.beam_runner, c.id, cfg.beam_fallback)]
+        print("PROGRESS " + json.dumps({"components": [c.id for c in pipeline.components],
+                                        "family": cfg.family, "beam_runner": cfg.beam_runner,
+                                        "fallback": fallback}), flush=True)
+        tfx.orchestration.LocalDagRunner().run(pipeline)
     print("PROGRESS " + json.dumps({"done": True}), flush=True)
     return 0
 

@@ -4,7 +4,8 @@ Platform side (no TFX import). A run's *fingerprint* covers everything that deci
 the pipeline trains: the bytes of the pipeline's input CSV (the DVC data joined with its
 point-in-time features), the code the pipeline and trainer module run (``CODE``: stricter
 than TFX's own cache key, which sees the module file's folder only), the pipeline venv's
-lock file, and every config value but the champion (family, steps, epochs, URIs, ...).
+lock file, and every config value but the champion and the Beam runner (family, steps,
+epochs, URIs, ...).
 
 The champion is the other half of the key: the Evaluator's verdict holds for one
 (candidate, champion) pair. A record (``<pipeline_root>/run_records/<fingerprint>.json``)
@@ -29,12 +30,18 @@ from pathlib import Path
 from typing import Iterable, Mapping
 
 from taxi_mlops import paths
+from taxi_mlops.pipeline import runners
 
 NO_BASELINE = "none"
 # pipeline.py adds it, before the Evaluator, when there is a champion to compare with.
 IMPORTER = "ChampionModelImporter"
 # Config keys that name the champion: they are the pair's second half, not the fingerprint.
 BASELINE_KEYS = ("baseline_model_uri", "baseline_version")
+# Config keys that say where the Beam steps run (in-process, worker processes, Dask, a
+# portable runner): the same inputs train the same model on any runner, so a rerun on another
+# runner is answered from the record. (TFX's own cache key does include each Beam step's
+# args: a run that does launch re-executes the Beam steps after a runner change.)
+RUNNER_KEYS = runners.CONFIG_KEYS
 # Source the pipeline runs (its components, the trainer module and the schema it imports,
 # how a version is logged to MLflow) plus the TFX venv's pins: a change re-runs the pipeline.
 CODE = (
@@ -46,7 +53,7 @@ CODE = (
 )
 # Platform-side modules that only decide whether to launch the pipeline: editing them
 # does not change what the pipeline would produce.
-NOT_CODE = ("launcher.py", "run_records.py", "metrics.py")
+NOT_CODE = ("launcher.py", "run_records.py", "metrics.py", "runners.py", "kfp.py", "kfp_compile.py")
 
 
 @dataclass
@@ -114,7 +121,8 @@ def code_hash(roots: Iterable[Path] = CODE) -> str:
 
 def fingerprint(input_csv: Path, config: Mapping, code: str) -> str:
     """The run's identity apart from the champion (see the module docstring)."""
-    settings = {k: v for k, v in sorted(config.items()) if k not in BASELINE_KEYS}
+    settings = {k: v for k, v in sorted(config.items())
+                if k not in BASELINE_KEYS and k not in RUNNER_KEYS}
     doc = {"input": _file_digest(input_csv), "code": code, "config": settings}
     return hashlib.sha256(json.dumps(doc, sort_keys=True, default=str).encode()).hexdigest()
 

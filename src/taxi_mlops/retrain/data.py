@@ -139,7 +139,7 @@ def read_topic(settings: Settings, topic: str, start: dict[int, int] | None, dea
 
     from taxi_mlops.streaming import clients, events
 
-    conf = clients.consumer_config(settings.kafka_bootstrap_servers, "taxi-mlops-retrain",
+    conf = clients.consumer_config(settings, "taxi-mlops-retrain",
                                    f"taxi-mlops-retrain-{uuid.uuid4().hex[:8]}",
                                    **{"enable.partition.eof": True})
     consumer = Consumer(conf)

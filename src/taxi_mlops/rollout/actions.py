@@ -160,7 +160,7 @@ def emit(settings: Settings, event: ModelEventV1, timeout_s: float = EVENT_TIMEO
     """Send ``event`` to ``taxi.model.events`` and wait up to ``timeout_s`` for the broker.
     Never raises: the registry change it records has already happened."""
     try:
-        producer = EventProducer(settings.kafka_bootstrap_servers, "rollout",
+        producer = EventProducer(settings, "rollout",
                                  **{"message.timeout.ms": max(1000, int(timeout_s * 1000))})
         sent = producer.send(topics.MODEL_EVENTS, event, key=event.model_name)
         remaining = producer.flush(timeout_s)

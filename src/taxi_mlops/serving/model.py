@@ -26,6 +26,7 @@ from kserve.model import InferenceVerb  # noqa: E402
 from taxi_mlops.features import schema  # noqa: E402
 from taxi_mlops.observability import logs  # noqa: E402
 from taxi_mlops.registry import models  # noqa: E402
+from taxi_mlops.serving.batching import MicroBatcher  # noqa: E402
 from taxi_mlops.serving.metrics import ModelServerMetrics, NoRecorder  # noqa: E402
 
 log = logging.getLogger(__name__)
@@ -42,8 +43,11 @@ class TaxiTipModel(Model):
     """One registry alias of ``chicago-taxi-tips`` served under one name."""
 
     def __init__(self, name: str, tracking_uri: str, registered_name: str, alias: str,
-                 cache_dir: Path | None = None, metrics: ModelServerMetrics | None = None):
+                 cache_dir: Path | None = None, metrics: ModelServerMetrics | None = None,
+                 batch_max_rows: int = 256, batch_wait_s: float = 0.0):
         super().__init__(name)
+        self.batch_max_rows, self.batch_wait_s = batch_max_rows, batch_wait_s
+        self._batcher: MicroBatcher | None = None
         self.tracking_uri = tracking_uri
         self.registered_name = registered_name
         self.alias = alias
@@ -62,6 +66,7 @@ class TaxiTipModel(Model):
                 f"{self.tracking_uri}: run `taxi-mlops train` first"
             )
         self._model = models.load_pyfunc(self.tracking_uri, ref, self.cache_dir / f"v{ref.version}")
+        self._batcher = None  # the next request builds one on the model just loaded
         self.version = ref.version
         if self.metrics is not None:
             self._recorder = self.metrics.loaded(self.name, ref.version, self.alias, ref.tags)
@@ -73,6 +78,7 @@ class TaxiTipModel(Model):
         """Load one version known by number (the version repository's path; ``load`` resolves
         the alias itself). ``recorder`` counts this version's requests."""
         self._model = models.load_pyfunc(self.tracking_uri, ref, self.cache_dir / f"v{ref.version}")
+        self._batcher = None  # the next request builds one on the model just loaded
         self.version = ref.version
         if recorder is not None:
             self._recorder = recorder
@@ -141,7 +147,10 @@ class TaxiTipModel(Model):
 
     async def predict(self, payload: dict, headers: dict | None = None,
                       response_headers: dict | None = None) -> InferResponse | dict:
-        probabilities = self._model.predict_columns(payload["columns"])
+        if self._batcher is None:  # concurrent requests share one model call (serving/batching.py)
+            self._batcher = MicroBatcher(self._model.predict_columns, self.batch_max_rows,
+                                         self.batch_wait_s, name=f"v{self.version}")
+        probabilities = await self._batcher.submit(payload["columns"])
         if payload["protocol"] == "v1":
             return {"predictions": probabilities.tolist(), "model_version": self.version}
         return InferResponse(

@@ -49,11 +49,12 @@ from prometheus_client.metrics import MetricWrapperBase  # noqa: E402
 from kserve.protocol.rest import server as rest_server  # noqa: E402
 
 from fastapi import APIRouter, FastAPI, Request  # noqa: E402
-from fastapi.responses import JSONResponse  # noqa: E402
+from fastapi.responses import JSONResponse, Response  # noqa: E402
+import orjson  # noqa: E402
 from kserve import InferRequest, Model  # noqa: E402
 from kserve.errors import ModelNotReady  # noqa: E402
 from kserve.model import InferenceVerb  # noqa: E402
-from kserve.protocol.rest.v2_datamodels import InferenceRequest, InferenceResponse  # noqa: E402
+from kserve.protocol.rest.v2_datamodels import InferenceRequest  # noqa: E402
 from pydantic import ValidationError  # noqa: E402
 
 from taxi_mlops import security  # noqa: E402
@@ -187,7 +188,10 @@ def version_routes(settings: Settings, repository: VersionRepository) -> APIRout
         # InvalidInput from preprocess becomes 400 through KServe's app-level handler
         response, _ = await model(infer_request, headers=dict(request.headers))
         rest, _ = response.to_rest()
-        return InferenceResponse.model_validate(rest)
+        # The v2 response as bytes, straight from the dict: a pydantic model returned here
+        # would be validated and then re-encoded by FastAPI's jsonable_encoder (issue 11).
+        return Response(orjson.dumps(rest, option=orjson.OPT_SERIALIZE_NUMPY),
+                        media_type="application/json")
 
     return router
 
@@ -232,7 +236,9 @@ def loader(settings: Settings, metrics: ModelServerMetrics | None, replica: int)
     def load(info: VersionInfo) -> TaxiTipModel:
         ref = repo_mod.info_ref(settings.model_name, info)
         model = TaxiTipModel(name=settings.model_name, tracking_uri=settings.mlflow_tracking_uri,
-                             registered_name=settings.model_name, alias=ref.alias, cache_dir=cache)
+                             registered_name=settings.model_name, alias=ref.alias, cache_dir=cache,
+                             batch_max_rows=settings.model_batch_max_rows,
+                             batch_wait_s=settings.model_batch_wait_ms / 1000)
         recorder = RequestRecorder(metrics, settings.model_name, info.version) if metrics else None
         model.load_ref(ref, recorder)
         model.warm()

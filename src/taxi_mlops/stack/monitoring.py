@@ -13,6 +13,7 @@ import sys
 
 import httpx
 
+from taxi_mlops import security
 from taxi_mlops.observability import alertmanager, alerts, prometheus
 from taxi_mlops.settings import Settings
 from taxi_mlops.stack.process import PROBE_TIMEOUT_S, Service, http_ok
@@ -91,7 +92,7 @@ def alert_receiver_service(settings: Settings, hooks: list[str] | None = None) -
         command=command,
         healthy=lambda: http_ok(f"{settings.alert_receiver_url}/health"),
         url=settings.alert_receiver_url,
-        env=settings.as_env(),
+        env={**settings.as_env(), **security.mlflow_env(settings)},  # a retrain registers models
         details=lambda: _receiver_details(settings),
     )
 

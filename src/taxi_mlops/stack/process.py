@@ -27,8 +27,9 @@ from taxi_mlops.settings import Settings
 
 
 # Importing feast points prometheus_client at a temporary folder it deletes on exit; a child
-# inheriting these would crash on its first metric.
-PROCESS_LOCAL_VARS = MULTIPROC_VARS
+# inheriting these would crash on its first metric. The MLflow login is not inherited either:
+# each service states its own (``security.mlflow_env``), the read-only user where it only reads.
+PROCESS_LOCAL_VARS = (*MULTIPROC_VARS, "MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD")
 PROBE_TIMEOUT_S = 2.0
 
 

@@ -12,6 +12,7 @@ import sys
 
 import httpx
 
+from taxi_mlops import security
 from taxi_mlops.registry import models
 from taxi_mlops.settings import Settings
 from taxi_mlops.stack.process import PROBE_TIMEOUT_S, Service, http_ok
@@ -19,12 +20,16 @@ from taxi_mlops.stack.process import PROBE_TIMEOUT_S, Service, http_ok
 
 
 def _redis_ok(settings: Settings) -> bool:
+    """One PING, no retries: redis-py 7 retries a refused connection for ~10 s by default, and
+    the supervisor probes once before every start, so each start waited for nothing."""
     import redis
+    from redis.backoff import NoBackoff
+    from redis.retry import Retry
 
     from taxi_mlops import security
 
     return bool(redis.Redis(host=settings.host, port=settings.redis_port,
-                            password=security.redis_password(settings),
+                            password=security.redis_password(settings), retry=Retry(NoBackoff(), 0),
                             socket_timeout=PROBE_TIMEOUT_S, socket_connect_timeout=PROBE_TIMEOUT_S).ping())
 
 
@@ -59,29 +64,102 @@ def redis_service(settings: Settings, persistent: bool = True) -> Service:
 
 
 def mlflow_service(settings: Settings) -> Service | None:
+    """MLflow's tracking server and registry. With ``mlflow_auth`` (the default) it runs its
+    basic-auth app: a request without a valid user is 401. The admin's password reaches it
+    through an auth config file of mode 0600, never a command line; every user may read
+    (``default_permission = READ``), only the admin writes; ``after_start`` makes the
+    read-only user the model servers and the UI log in as."""
     if settings.mlflow_external_uri:
         return None  # an external tracking server: nothing to start
     settings.mlflow_artifacts_dir.mkdir(parents=True, exist_ok=True)
     metrics_dir = settings.metrics_dir / "mlflow"
+    auth_config = mlflow_auth_config_path(settings)
 
     def prepare() -> None:  # stale files of a dead server would be summed into the new one's
         import shutil
 
         shutil.rmtree(metrics_dir, ignore_errors=True)
         metrics_dir.mkdir(parents=True, exist_ok=True)
+        if settings.mlflow_auth:
+            write_mlflow_auth_config(settings, auth_config)
 
+    env = {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+    if settings.mlflow_auth:  # the key signs the auth app's CSRF tokens; MLflow reads it from here only
+        env |= {"MLFLOW_AUTH_CONFIG_PATH": str(auth_config),
+                "MLFLOW_FLASK_SERVER_SECRET_KEY": security.mlflow_flask_secret_key(settings)}
     return Service(
         name="mlflow",
         command=[sys.executable, "-m", "mlflow", "server", "--host", settings.host,
                  "--port", str(settings.mlflow_port),
+                 *(["--app-name", "basic-auth"] if settings.mlflow_auth else []),
                  "--backend-store-uri", settings.mlflow_backend_store_uri,
                  "--artifacts-destination", str(settings.mlflow_artifacts_dir),
                  "--workers", "1", "--expose-prometheus", str(metrics_dir)],
         healthy=lambda: http_ok(f"{settings.mlflow_tracking_uri}/health"),
         url=settings.mlflow_tracking_uri,
         prepare=prepare,
-        env={"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"},
+        env=env,
     )
+
+
+def mlflow_auth_config_path(settings: Settings):
+    return settings.state_dir / "mlflow" / "basic_auth.ini"
+
+
+def write_mlflow_auth_config(settings: Settings, path) -> None:
+    """The basic-auth app's config (mode 0600: it holds the admin's password). MLflow reads it
+    with interpolation, hence the doubled %; it creates the admin from it at its first start."""
+    import configparser
+
+    password = security.mlflow_admin_password(settings)
+    if password != password.strip() or "\n" in password or len(password) < 12:
+        raise ValueError("TAXI_MLFLOW_ADMIN_PASSWORD must be one line of at least 12 characters "
+                         "without surrounding spaces (MLflow's rule); unset it to have one generated")
+    config = configparser.RawConfigParser()
+    config["mlflow"] = {k: v.replace("%", "%%") for k, v in {
+        "default_permission": "READ",
+        "database_uri": settings.mlflow_auth_database_uri,
+        "admin_username": settings.mlflow_admin_username,
+        "admin_password": password,
+        "authorization_function": "mlflow.server.auth:authenticate_request_basic_auth",
+        # A password check is a deliberately slow PBKDF2 hash (~0.5 s a request here); cached,
+        # once a minute per user. One worker (--workers 1): a password change or deletion
+        # through the API clears the entry at once, only direct SQL edits wait out the minute.
+        "auth_cache_ttl_seconds": "60",
+    }.items()}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        config.write(f)
+
+
+def ensure_mlflow_reader(settings: Settings) -> None:
+    """The read-only user, made by the admin through MLflow's auth REST API, or its password
+    set again to the configured one (idempotent). It reads every experiment and model,
+    those registered later too (``default_permission = READ``), and may change none."""
+    admin = security.mlflow_credentials(settings, security.MLFLOW_ADMIN)
+    reader_name, reader_password = security.mlflow_credentials(settings, security.MLFLOW_READER)
+    if reader_name == admin[0]:
+        raise ValueError("TAXI_MLFLOW_READER_USERNAME must differ from TAXI_MLFLOW_ADMIN_USERNAME "
+                         "(the read-only user would be the admin)")
+    api = f"{settings.mlflow_tracking_uri}/api/2.0/mlflow/users"
+    with httpx.Client(auth=httpx.BasicAuth(*admin), timeout=max(10.0, settings.request_timeout_s)) as c:
+        found = c.get(f"{api}/get", params={"username": reader_name})
+        if found.status_code == 401:
+            raise ValueError(
+                f"MLflow refuses the admin '{admin[0]}': its user store (TAXI_MLFLOW_AUTH_DB_URI) "
+                "was made with another password. Set "
+                "TAXI_MLFLOW_ADMIN_PASSWORD (or <state_dir>/mlflow_admin_password) back to it, or "
+                "change it in MLflow (PATCH /api/2.0/mlflow/users/update-password)")
+        if found.status_code == 404:
+            r = c.post(f"{api}/create", json={"username": reader_name, "password": reader_password})
+        elif found.status_code == 200:
+            r = c.patch(f"{api}/update-password", json={"username": reader_name, "password": reader_password})
+        else:
+            r = found
+        if r.status_code != 200:  # e.g. a reader password MLflow refuses (under 12 characters)
+            raise ValueError(f"MLflow did not set up the read-only user '{reader_name}': "
+                             f"{r.status_code} {r.text[:300]}")
 
 
 def model_server_name(replica: int) -> str:
@@ -98,7 +176,8 @@ def model_server_service(settings: Settings, replica: int = 0) -> Service:
         command=[sys.executable, "-m", "taxi_mlops.serving.model_server", "--replica", str(replica)],
         healthy=lambda: http_ok(f"{url}/v2/models/{settings.model_name}/ready"),
         url=url,
-        env={**settings.as_env(), "TF_CPP_MIN_LOG_LEVEL": "2"},
+        env={**settings.as_env(), "TF_CPP_MIN_LOG_LEVEL": "2",
+             **security.mlflow_env(settings, security.MLFLOW_READER)},  # it only reads the registry
         details=lambda: _serving_details(settings, url),
     )
 
@@ -114,7 +193,7 @@ def gateway_service(settings: Settings) -> Service:
         command=[sys.executable, "-m", "taxi_mlops.gateway"],
         healthy=lambda: http_ok(f"{settings.gateway_url}/openapi.json"),
         url=settings.gateway_url,
-        env=settings.as_env(),
+        env={**settings.as_env(), **security.mlflow_env(settings)},  # promote, rollback: writes
         details=lambda: {"docs": f"{settings.gateway_url}/docs"},
     )
 
@@ -128,14 +207,14 @@ def ui_service(settings: Settings) -> Service:
 
     return Service(
         name="ui",
-        command=[sys.executable, "-m", "streamlit", "run", str(Path(ui.__file__).with_name("app.py")),
+        command=[sys.executable, "-m", "taxi_mlops.ui.serve", str(Path(ui.__file__).with_name("app.py")),
                  "--server.headless", "true", "--server.address", settings.host,
                  "--server.port", str(settings.ui_port), "--server.fileWatcherType", "none",
                  "--browser.gatherUsageStats", "false", "--client.showErrorDetails", "none",
                  "--client.toolbarMode", "minimal", "--global.developmentMode", "false"],
         healthy=lambda: http_ok(f"{settings.ui_url}/_stcore/health"),
         url=settings.ui_url,
-        env=settings.as_env(),
+        env={**settings.as_env(), **security.mlflow_env(settings, security.MLFLOW_READER)},
     )
 
 
@@ -182,10 +261,11 @@ def all_services(settings: Settings) -> list[Service]:
     label join and the data-quality worker; the gateway last, once what it calls is up.
     """
     from taxi_mlops.stack.monitoring import monitoring_services
-    from taxi_mlops.stack.streaming import (data_quality_service, kafka_service, label_join_service,
+    from taxi_mlops.stack.redis_cluster import redis_services
+    from taxi_mlops.stack.streaming import (data_quality_service, kafka_services, label_join_service,
                                             prediction_store_service, processor_service)
 
-    services = [redis_service(settings), *monitoring_services(settings), kafka_service(settings),
+    services = [*redis_services(settings), *monitoring_services(settings), *kafka_services(settings),
                 mlflow_service(settings),
                 processor_service(settings, instance=0), label_join_service(settings),
                 prediction_store_service(settings),
@@ -196,18 +276,27 @@ def all_services(settings: Settings) -> list[Service]:
 
 
 def after_start(settings: Settings) -> dict[str, callable]:
-    """Idempotent set-up run once a service answers: declared topics, the applied Feast repo."""
+    """Idempotent set-up run once a service answers: declared topics, the applied Feast repo
+    (after the last Redis process: a Redis Cluster is joined first, ``stack/redis_cluster.py``)."""
     from taxi_mlops.features import store
+    from taxi_mlops.stack import redis_cluster
     from taxi_mlops.streaming import topics
 
-    hooks = {"redis": lambda: store.apply(settings)}
-    kafka_step = "redis" if settings.kafka_bootstrap_override else "kafka"
+    def redis_ready():
+        redis_cluster.set_up(settings)
+        store.apply(settings)
+
+    redis_step = redis_cluster.node_name(max(0, settings.redis_cluster_nodes - 1))
+    hooks = {redis_step: redis_ready}
+    kafka_step = redis_step if settings.kafka_bootstrap_override else "kafka"
     previous = hooks.get(kafka_step)
 
     def ensure_topics():
         if previous:
             previous()
-        topics.ensure_topics(settings.kafka_bootstrap_servers)
+        topics.ensure_topics(settings)  # the settings: their SASL login when kafka_sasl
 
     hooks[kafka_step] = ensure_topics
+    if settings.mlflow_auth and not settings.mlflow_external_uri:
+        hooks["mlflow"] = lambda: ensure_mlflow_reader(settings)
     return hooks

@@ -1,5 +1,5 @@
-"""The streaming services: the Kafka broker, the stream processor instances, the label join,
-the data-quality worker.
+"""The streaming services: the Kafka broker (or the nodes of a local cluster), the stream
+processor instances, the label join, the data-quality worker.
 
 The stack package owns every service definition; ``taxi_mlops.streaming`` holds the workers
 and the broker set-up and never imports the stack (it depends on nothing above it).
@@ -8,9 +8,11 @@ and the broker set-up and never imports the stack (it depends on nothing above i
 from __future__ import annotations
 
 import sys
+from concurrent.futures import ThreadPoolExecutor
 
+from taxi_mlops import security
 from taxi_mlops.settings import Settings
-from taxi_mlops.stack.process import Service
+from taxi_mlops.stack.process import Service, Supervisor
 from taxi_mlops.streaming import broker, clients, status, topics
 from taxi_mlops.lineage.consumer import GROUP as PREDICTION_STORE_GROUP
 from taxi_mlops.lineage.consumer import NAME as PREDICTION_STORE
@@ -20,25 +22,53 @@ from taxi_mlops.streaming.quality import GROUP as QUALITY_GROUP
 from taxi_mlops.streaming.quality import NAME as DATA_QUALITY
 
 
-def kafka_service(settings: Settings) -> Service | None:
-    """The broker (with its JMX exporter agent), or ``None`` when an external cluster is
-    configured."""
+def kafka_service(settings: Settings, node: int = 0) -> Service | None:
+    """Kafka node ``node`` (broker and controller, with its JMX exporter agent), or ``None``
+    when an external cluster is configured. Healthy: the node itself answers a metadata
+    request (a KRaft broker answers only once it has caught up with the quorum)."""
     if settings.kafka_bootstrap_override:
         return None
     # The main class and the agent jar are only checked once the jars exist (prepare downloads them).
-    command = broker.broker_command(settings)
+    command = broker.broker_command(settings, node)
+    address = broker.node_address(settings, node)
+    mode = ("KRaft (broker+controller)" if settings.kafka_nodes == 1
+            else f"KRaft node {node + 1} of {settings.kafka_nodes} (broker+controller)")
     return Service(
-        name="kafka",
+        name=broker.node_name(node),
         command=command,
-        healthy=lambda: clients.broker_reachable(settings.kafka_bootstrap_servers),
-        url=f"PLAINTEXT://{settings.kafka_bootstrap_servers}",
-        cwd=settings.kafka_data_dir,
-        prepare=lambda: broker.prepare_broker(settings, command),
+        healthy=lambda: clients.broker_reachable(settings, only=address),
+        url=f"{'SASL_PLAINTEXT' if settings.kafka_sasl else 'PLAINTEXT'}://{address}",
+        cwd=settings.kafka_node_data_dir(node),
+        prepare=lambda: broker.prepare_broker(settings, command, node=node),
         stop_timeout_s=30.0,
-        details=lambda: {"version": broker.KAFKA_VERSION, "mode": "KRaft (broker+controller)",
-                         "data": str(settings.kafka_data_dir), "jars": str(broker.libs_dir()),
-                         "metrics": broker.metrics_url(settings)},
+        details=lambda: {"version": broker.KAFKA_VERSION, "mode": mode,
+                         "data": str(settings.kafka_node_data_dir(node)), "jars": str(broker.libs_dir()),
+                         "metrics": broker.metrics_url(settings, node)},
     )
+
+
+def kafka_services(settings: Settings) -> list[Service]:
+    """Every local Kafka node, node 0 ("kafka") first; none for an external cluster."""
+    if settings.kafka_bootstrap_override:
+        return []
+    return [kafka_service(settings, i) for i in range(settings.kafka_nodes)]
+
+
+def is_kafka_node(name: str) -> bool:
+    return name == "kafka" or (name.startswith("kafka-") and name[len("kafka-"):].isdigit())
+
+
+def start_kafka(supervisor: Supervisor, services: list[Service]) -> list[str]:
+    """Start the Kafka nodes together; returns each one's state ('running' or 'started').
+
+    Together, because a node of a multi-node quorum answers clients only once a majority of
+    the controllers is up: started one at a time, the first would never become healthy. The
+    jars are fetched first, once, so the nodes do not race to download them."""
+    if len(services) <= 1:
+        return [supervisor.start(s) for s in services]
+    broker.ensure_jars()
+    with ThreadPoolExecutor(max_workers=len(services)) as pool:
+        return list(pool.map(supervisor.start, services))
 
 
 def processor_service(settings: Settings, instance: int = 0, group: str = GROUP,
@@ -66,7 +96,7 @@ def label_join_service(settings: Settings, window_s: float = 3600.0) -> Service:
         command=[sys.executable, "-m", "taxi_mlops.streaming.label_join", "--window", str(window_s)],
         healthy=lambda: status.healthy(settings, LABEL_JOIN),
         url=f"kafka {topics.LABELS} x {topics.PREDICTIONS} -> {topics.MODEL_METRICS}",
-        env=settings.as_env(),
+        env={**settings.as_env(), **security.mlflow_env(settings, security.MLFLOW_READER)},
         details=lambda: status.details(settings, LABEL_JOIN, ("phase", "joined", "models", "metrics")),
     )
 
@@ -79,7 +109,7 @@ def data_quality_service(settings: Settings) -> Service:
         command=[sys.executable, "-m", "taxi_mlops.streaming.quality"],
         healthy=lambda: status.healthy(settings, DATA_QUALITY),
         url=f"kafka group {QUALITY_GROUP}: {topics.TRIPS} -> {topics.DATA_QUALITY}",
-        env=settings.as_env(),
+        env={**settings.as_env(), **security.mlflow_env(settings, security.MLFLOW_READER)},
         stop_timeout_s=30.0,
         details=lambda: status.details(settings, DATA_QUALITY, ("phase", "checked", "violating", "dead_lettered",
                                                                 "reference", "metrics")),

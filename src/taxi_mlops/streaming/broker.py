@@ -1,4 +1,8 @@
-"""A local Apache Kafka broker in KRaft mode: one process that is broker and controller.
+"""A local Apache Kafka broker in KRaft mode: one process that is broker and controller, or
+(``kafka_nodes`` > 1) a cluster of such nodes on this machine with a static quorum, node N in
+``settings.kafka_node_data_dir(N)`` on its own ports (``Settings.kafka_node_ports``). The node
+count and ``kafka_sasl`` (a SASL_PLAINTEXT/SCRAM-SHA-512 listener) are fixed when the data is
+first formatted; ``check_cluster_size`` refuses another.
 
 Kafka is fetched from Maven Central by Maven (``streaming/kafka/pom.xml``) rather than as the
 release tarball, because Maven Central is reachable wherever PyPI is and Maven caches and
@@ -35,6 +39,7 @@ from typing import Callable
 
 from taxi_mlops import paths
 from taxi_mlops.settings import Settings
+from taxi_mlops.streaming import clients, topics
 
 POM = paths.PACKAGE_DIR / "streaming" / "kafka" / "pom.xml"
 DOWNLOAD_TIMEOUT_S = 900
@@ -151,24 +156,24 @@ def ensure_jars(progress: Callable[[str], None] = print) -> Path:
     return libs
 
 
-def _config_path(settings: Settings) -> Path:
-    return settings.kafka_data_dir / "server.properties"
+def _config_path(settings: Settings, node: int = 0) -> Path:
+    return settings.kafka_node_data_dir(node) / "server.properties"
 
 
-def _log4j_path(settings: Settings) -> Path:
-    return settings.kafka_data_dir / "log4j2.properties"
+def _log4j_path(settings: Settings, node: int = 0) -> Path:
+    return settings.kafka_node_data_dir(node) / "log4j2.properties"
 
 
-def _log_dir(settings: Settings) -> Path:
-    return settings.kafka_data_dir / "data"
+def _log_dir(settings: Settings, node: int = 0) -> Path:
+    return settings.kafka_node_data_dir(node) / "data"
 
 
-def _jmx_config_path(settings: Settings) -> Path:
-    return settings.kafka_data_dir / "jmx-exporter.yaml"
+def _jmx_config_path(settings: Settings, node: int = 0) -> Path:
+    return settings.kafka_node_data_dir(node) / "jmx-exporter.yaml"
 
 
-def _log_template_path(settings: Settings) -> Path:
-    return settings.kafka_data_dir / "log-template.json"
+def _log_template_path(settings: Settings, node: int = 0) -> Path:
+    return settings.kafka_node_data_dir(node) / "log-template.json"
 
 
 # The MBeans the dashboards and alerts read, named as the observability spec says. Only these
@@ -228,32 +233,47 @@ logger.request.level = WARN
 """
 
 
-def write_config(settings: Settings) -> Path:
-    """``server.properties`` of a single broker+controller node bound to ``settings.host``."""
-    data = settings.kafka_data_dir
-    data.mkdir(parents=True, exist_ok=True)
+def node_name(node: int) -> str:
+    """Node 0 keeps the single broker's service name (logs/kafka.log); the others are kafka-N."""
+    return "kafka" if node == 0 else f"kafka-{node}"
+
+
+def node_address(settings: Settings, node: int) -> str:
+    return f"{settings.host}:{settings.kafka_node_ports(node)[0]}"
+
+
+def broker_properties(settings: Settings, node: int = 0) -> dict:
+    """``server.properties`` of node ``node`` (broker and controller) of a ``kafka_nodes``-node
+    KRaft cluster bound to ``settings.host``. A static quorum (``controller.quorum.voters``,
+    every node a voter): no dynamic-quorum bootstrap step to get wrong, and a majority
+    (2 of 3) keeps electing a leader when one node dies."""
     host = settings.host
-    properties = {
-        "node.id": 1,
+    port, controller_port, _ = settings.kafka_node_ports(node)
+    factor, min_isr = topics.replication(settings.kafka_nodes)
+    voters = ",".join(f"{i + 1}@{host}:{settings.kafka_node_ports(i)[1]}" for i in range(settings.kafka_nodes))
+    listener = "SASL_PLAINTEXT" if settings.kafka_sasl else "PLAINTEXT"
+    return {
+        "node.id": node + 1,
         "process.roles": "broker,controller",
-        "listeners": f"PLAINTEXT://{host}:{settings.kafka_port},"
-                     f"CONTROLLER://{host}:{settings.kafka_controller_port}",
-        "advertised.listeners": f"PLAINTEXT://{host}:{settings.kafka_port}",
+        "listeners": f"{listener}://{host}:{port},"
+                     f"CONTROLLER://{host}:{controller_port}",
+        "advertised.listeners": f"{listener}://{host}:{port}",
         "controller.listener.names": "CONTROLLER",
-        "inter.broker.listener.name": "PLAINTEXT",
-        "listener.security.protocol.map": "PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
-        # A static one-voter quorum: no dynamic-quorum bootstrap step to get wrong.
-        "controller.quorum.voters": f"1@{host}:{settings.kafka_controller_port}",
-        "log.dirs": str(_log_dir(settings)),
+        "inter.broker.listener.name": listener,
+        "listener.security.protocol.map": f"{listener}:{listener},CONTROLLER:PLAINTEXT",
+        **_sasl_properties(settings),
+        "controller.quorum.voters": voters,
+        "log.dirs": str(_log_dir(settings, node)),
         "num.partitions": 1,
-        "default.replication.factor": 1,
-        "min.insync.replicas": 1,
-        "offsets.topic.replication.factor": 1,
+        # Topics are created with these defaults (topics.ensure_topics), internal ones below.
+        "default.replication.factor": factor,
+        "min.insync.replicas": min_isr,
+        "offsets.topic.replication.factor": factor,
         "offsets.topic.num.partitions": 4,
-        "transaction.state.log.replication.factor": 1,
-        "transaction.state.log.min.isr": 1,
-        "share.coordinator.state.topic.replication.factor": 1,
-        "share.coordinator.state.topic.min.isr": 1,
+        "transaction.state.log.replication.factor": factor,
+        "transaction.state.log.min.isr": min_isr,
+        "share.coordinator.state.topic.replication.factor": factor,
+        "share.coordinator.state.topic.min.isr": min_isr,
         # Topics are declared in streaming/topics.py; a typo must fail, not create a topic.
         "auto.create.topics.enable": "false",
         "group.initial.rebalance.delay.ms": 0,
@@ -261,33 +281,106 @@ def write_config(settings: Settings) -> Path:
         "num.io.threads": 4,
         "log.retention.check.interval.ms": 60_000,
     }
-    path = _config_path(settings)
-    path.write_text("# Written by taxi_mlops.streaming.broker; edits are overwritten on start.\n"
-                    + "".join(f"{k}={v}\n" for k, v in properties.items()))
-    _log4j_path(settings).write_text(LOG4J2.format(layout=_log_layout(settings)))
-    _jmx_config_path(settings).write_text(JMX_EXPORTER_CONFIG)
+
+
+def _sasl_properties(settings: Settings) -> dict:
+    """SCRAM-SHA-512 on the client and inter-broker listener (``kafka_sasl``). The brokers log in
+    to each other as ``kafka_sasl_username``; the password sits in server.properties, written
+    with mode 0600, and Kafka prints it as [hidden]. The controller listener stays PLAINTEXT:
+    KRaft controllers cannot use SCRAM (its credentials live in the metadata they serve)."""
+    if not settings.kafka_sasl:
+        return {}
+    from taxi_mlops import security
+
+    mechanism = clients.SASL_MECHANISM
+    login = (f'org.apache.kafka.common.security.scram.ScramLoginModule required '
+             f'username="{settings.kafka_sasl_username}" password="{security.kafka_password(settings)}";')
+    return {"sasl.enabled.mechanisms": mechanism, "sasl.mechanism.inter.broker.protocol": mechanism,
+            f"listener.name.sasl_plaintext.{mechanism.lower()}.sasl.jaas.config": login}
+
+
+def _write_private(path: Path, text: str) -> None:
+    """Write ``text`` readable by its owner only (it may hold the SCRAM password)."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    os.fchmod(fd, 0o600)  # an older file keeps its mode through O_TRUNC
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+
+
+def write_config(settings: Settings, node: int = 0) -> Path:
+    """Write node ``node``'s server.properties, log4j2 and JMX exporter configs into its data dir."""
+    settings.kafka_node_data_dir(node).mkdir(parents=True, exist_ok=True)
+    path = _config_path(settings, node)
+    _write_private(path, "# Written by taxi_mlops.streaming.broker; edits are overwritten on start.\n"
+                   + "".join(f"{k}={v}\n" for k, v in broker_properties(settings, node).items()))
+    _log4j_path(settings, node).write_text(LOG4J2.format(layout=_log_layout(settings, node)))
+    _jmx_config_path(settings, node).write_text(JMX_EXPORTER_CONFIG)
     return path
 
 
-def _log_layout(settings: Settings) -> str:
+def _log_layout(settings: Settings, node: int = 0) -> str:
     """JSON lines when log4j-layout-template-json is among the jars, else the pattern layout."""
     if list(libs_dir().glob("log4j-layout-template-json-*.jar")):
-        _log_template_path(settings).write_text(LOG_TEMPLATE)
+        template = _log_template_path(settings, node)
+        template.write_text(LOG_TEMPLATE.replace('"component": "kafka"', f'"component": "{node_name(node)}"'))
         return ("appender.out.layout.type = JsonTemplateLayout\n"
-                f"appender.out.layout.eventTemplateUri = {_log_template_path(settings).as_uri()}")
+                f"appender.out.layout.eventTemplateUri = {template.as_uri()}")
     return ("appender.out.layout.type = PatternLayout\n"
             "appender.out.layout.pattern = [%d] %p %m (%c)%n")
 
 
+def _claim(path: Path, value: str) -> str:
+    """Write ``value`` to ``path`` unless it exists; returns what the file holds. Atomic
+    (link of a complete temporary file), so nodes formatting at once agree on one value."""
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex}")
+        tmp.write_text(value + "\n")
+        try:
+            os.link(tmp, path)
+        except FileExistsError:
+            pass
+        finally:
+            tmp.unlink(missing_ok=True)
+    return path.read_text().strip()
+
+
 def cluster_id(settings: Settings) -> str:
-    """Generated on first use and kept in the data dir: the log dirs are stamped with it."""
-    path = settings.kafka_data_dir / "cluster.id"
+    """Generated on first use and kept in node 0's data dir: every node's log dir is stamped
+    with it."""
+    return _claim(settings.kafka_data_dir / "cluster.id",
+                  base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("="))
+
+
+def _formatted_fact(settings: Settings, name: str, now: str, before: str) -> str:
+    """What the data was formatted with (``cluster.<name>`` in node 0's dir): claimed from
+    ``now`` on a fresh cluster; ``before`` for data formatted before it was recorded."""
+    path = settings.kafka_data_dir / f"cluster.{name}"
     if path.exists():
         return path.read_text().strip()
-    value = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
-    settings.kafka_data_dir.mkdir(parents=True, exist_ok=True)
-    path.write_text(value + "\n")
-    return value
+    if (_log_dir(settings) / "meta.properties").exists():
+        return before
+    return _claim(path, now)
+
+
+def check_cluster_size(settings: Settings) -> None:
+    """The node count and SCRAM are fixed when the data is first formatted (the quorum's voters
+    and the credential are in its log): starting the same data with another ``kafka_nodes`` or
+    ``kafka_sasl`` fails here, saying how."""
+    moved = (f"or stop the stack and move {settings.kafka_data_dir} and its kafka-N siblings "
+             "away to start empty")
+    recorded = _formatted_fact(settings, "nodes", str(settings.kafka_nodes), "1")
+    if recorded != str(settings.kafka_nodes):
+        raise BrokerSetupError(
+            f"the Kafka data in {settings.kafka_data_dir} belongs to a {recorded}-node cluster, and "
+            f"kafka_nodes is {settings.kafka_nodes}: run with `--kafka-nodes {recorded}` "
+            f"(TAXI_KAFKA_NODES={recorded}), {moved}")
+    sasl = _formatted_fact(settings, "sasl", "scram" if settings.kafka_sasl else "none", "none")
+    if sasl != ("scram" if settings.kafka_sasl else "none"):
+        want = "true" if sasl == "scram" else "false"
+        raise BrokerSetupError(
+            f"the Kafka data in {settings.kafka_data_dir} was formatted with kafka_sasl={want}: "
+            f"set TAXI_KAFKA_SASL={want}, {moved}")
 
 
 def _main_class(libs: Path, candidates: tuple[str, ...]) -> str:
@@ -310,48 +403,78 @@ def broker_main_class(libs: Path) -> str:
     return _main_class(libs, ("kafka.Kafka", "org.apache.kafka.server.Kafka"))
 
 
-def _java_command(settings: Settings, libs: Path, main: str, agent: bool = False) -> list[str]:
+def _java_command(settings: Settings, libs: Path, main: str, agent: bool = False,
+                  node: int = 0) -> list[str]:
     javaagent = []
     if agent:
         jar = agent_jar() or agent_dir() / f"{AGENT_ARTIFACT}.jar"  # resolved again by prepare
-        javaagent = [f"-javaagent:{jar}={settings.host}:{settings.kafka_metrics_port}:"
-                     f"{_jmx_config_path(settings)}"]
+        javaagent = [f"-javaagent:{jar}={settings.host}:{settings.kafka_node_ports(node)[2]}:"
+                     f"{_jmx_config_path(settings, node)}"]
     return [
         _java(), *HEAP, "-XX:+UseG1GC", "-Djava.awt.headless=true", *javaagent,
-        f"-Dlog4j2.configurationFile={_log4j_path(settings)}",
+        f"-Dlog4j2.configurationFile={_log4j_path(settings, node)}",
         f"-Dkafka.logs.dir={settings.logs_dir}",
         "-cp", f"{libs}/*", main,
     ]
 
 
-def format_storage(settings: Settings) -> bool:
-    """Format the log dir for KRaft once; False when it already is (data survives restarts)."""
-    if (_log_dir(settings) / "meta.properties").exists():
+def format_storage(settings: Settings, node: int = 0) -> bool:
+    """Format the node's log dir for KRaft once; False when it already is (data survives restarts)."""
+    if (_log_dir(settings, node) / "meta.properties").exists():
         return False
     libs = libs_dir()
-    config = _config_path(settings) if _config_path(settings).exists() else write_config(settings)
-    command = [*_java_command(settings, libs, storage_tool_class(libs)),
-               # "--cluster-id=ID", not "-t ID": a url-safe base64 id may start with "-" (1 in 32),
-               # which argparse then reads as an option.
-               "format", f"--cluster-id={cluster_id(settings)}", "-c", str(config), "--ignore-formatted"]
+    config = _config_path(settings, node)
+    if not config.exists():
+        config = write_config(settings, node)
+    java = _java_command(settings, libs, storage_tool_class(libs), node=node)
+    # "--cluster-id=ID", not "-t ID": a url-safe base64 id may start with "-" (1 in 32),
+    # which argparse then reads as an option.
+    tool_args = ["format", f"--cluster-id={cluster_id(settings)}", "-c", str(config), "--ignore-formatted"]
+    scram = _scram_argument(settings)
+    argfile = settings.kafka_node_data_dir(node) / ".format.args"
+    if scram:  # the password goes through a 0600 java @argfile, never the command line
+        main = java.pop()
+        _write_private(argfile, "\n".join(_quote_arg(a) for a in [main, *tool_args, "--add-scram", scram]) + "\n")
+        command = [*java, f"@{argfile}"]
+    else:
+        command = [*java, *tool_args]
     try:
         result = subprocess.run(command, capture_output=True, text=True, timeout=FORMAT_TIMEOUT_S,
                                 stdin=subprocess.DEVNULL)
     except subprocess.TimeoutExpired:
         raise BrokerSetupError(f"kafka-storage format did not finish in {FORMAT_TIMEOUT_S}s; "
                                "check the machine's load and retry") from None
+    finally:
+        argfile.unlink(missing_ok=True)
     if result.returncode != 0:
         raise BrokerSetupError(
-            f"kafka-storage format failed (exit {result.returncode}). If {settings.kafka_data_dir} "
-            f"holds another cluster's data, move it away and retry.\n{result.stdout[-2000:]}"
-            f"{result.stderr[-2000:]}")
+            f"kafka-storage format failed (exit {result.returncode}). If "
+            f"{settings.kafka_node_data_dir(node)} holds another cluster's data, move it away and "
+            f"retry.\n{result.stdout[-2000:]}{result.stderr[-2000:]}")
     return True
 
 
-def prepare(settings: Settings, progress: Callable[[str], None] = print) -> None:
+def _scram_argument(settings: Settings) -> str | None:
+    """kafka-storage's ``--add-scram`` value (KIP-900): the SCRAM credential the brokers and
+    our clients log in with, created in the cluster's bootstrap metadata at format time."""
+    if not settings.kafka_sasl:
+        return None
+    from taxi_mlops import security
+
+    return (f"{clients.SASL_MECHANISM}=[name={settings.kafka_sasl_username},"
+            f"password={security.kafka_password(settings)}]")
+
+
+def _quote_arg(arg: str) -> str:
+    """One argument of a java @argfile (double-quoted; the launcher reads backslash escapes)."""
+    return '"' + arg.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def prepare(settings: Settings, progress: Callable[[str], None] = print, node: int = 0) -> None:
     ensure_jars(progress)
-    write_config(settings)
-    format_storage(settings)
+    check_cluster_size(settings)
+    write_config(settings, node)
+    format_storage(settings, node)
 
 
 def broker_version(settings: Settings) -> str:
@@ -360,20 +483,21 @@ def broker_version(settings: Settings) -> str:
     return KAFKA_VERSION
 
 
-def broker_command(settings: Settings) -> list[str]:
+def broker_command(settings: Settings, node: int = 0) -> list[str]:
     """``java -javaagent:... -cp libs/* <main> server.properties``; the main class and agent
     path are placeholders until ``prepare_broker`` fills them in (the jars may not exist yet)."""
-    return _java_command(settings, libs_dir(), "kafka.Kafka", agent=True) + [str(_config_path(settings))]
+    return (_java_command(settings, libs_dir(), "kafka.Kafka", agent=True, node=node)
+            + [str(_config_path(settings, node))])
 
 
 def prepare_broker(settings: Settings, command: list[str],
-                   progress: Callable[[str], None] = print) -> None:
+                   progress: Callable[[str], None] = print, node: int = 0) -> None:
     """Install, configure and format, then fix up ``command`` (from ``broker_command``) in place."""
-    prepare(settings, progress)
-    fresh = _java_command(settings, libs_dir(), broker_main_class(libs_dir()), agent=True) \
-        + [str(_config_path(settings))]
+    prepare(settings, progress, node)
+    fresh = _java_command(settings, libs_dir(), broker_main_class(libs_dir()), agent=True, node=node) \
+        + [str(_config_path(settings, node))]
     command[:] = fresh
 
 
-def metrics_url(settings: Settings) -> str:
-    return f"http://{settings.host}:{settings.kafka_metrics_port}/metrics"
+def metrics_url(settings: Settings, node: int = 0) -> str:
+    return f"http://{settings.host}:{settings.kafka_node_ports(node)[2]}/metrics"

@@ -6,8 +6,14 @@ the consumer group's offsets:
 1. flush the sinks: the online push (Feast/Redis, which also queues the feature records to
    ``taxi.features.realtime``), then the offline Parquet part;
 2. flush the producer: every queued record (features, dead letters) acknowledged by Kafka;
-3. commit the offsets synchronously, each with its rebuild point as metadata
-   (``{"low": <lowest offset still held in the partition's window state>}``).
+3. commit the offsets, each with its rebuild point as metadata
+   (``{"low": <lowest offset still held in the partition's window state>}``): synchronously
+   before a rebalance or a stop (the next owner starts from there), asynchronously for the
+   periodic checkpoint (``wait=False``). Waiting for the broker's answer there paused the
+   processor for up to 200 ms every commit interval on a loaded machine (the freshness tail
+   of bench/stream_bench.py); nothing depends on it: the commit is only *sent* after steps 1
+   and 2, and a commit that fails only leaves an older restart point (the processor hears it
+   in its ``on_commit`` callback and commits those partitions again at the next checkpoint).
 
 A failing step raises and leaves the offsets where they were: the next checkpoint retries
 from step 1, and a crash reprocesses from the last commit (at-least-once; the window state
@@ -18,6 +24,7 @@ broker away); any other exception means the processor cannot go on safely.
 from __future__ import annotations
 
 import json
+import time
 from dataclasses import dataclass
 from typing import Callable, Protocol, Sequence
 
@@ -99,13 +106,25 @@ class Checkpoint:
     def __init__(self, sinks: Sequence[Sink], producer: Producer, consumer, flush_timeout_s: float = 30.0):
         self.sinks, self.producer, self.consumer = list(sinks), producer, consumer
         self.flush_timeout_s = flush_timeout_s
+        # The slowest time of each step so far (ms): where a checkpoint's pause comes from
+        # (the processor's status file; bench/stream_bench.py prints them).
+        self.max_ms: dict[str, float] = {}
 
-    def commit(self, offsets: Callable[[], list[Offset]]) -> list[Offset]:
+    def _took(self, step: str, started: float) -> None:
+        ms = (time.perf_counter() - started) * 1000
+        if ms > self.max_ms.get(step, 0.0):
+            self.max_ms[step] = round(ms, 1)
+
+    def commit(self, offsets: Callable[[], list[Offset]], wait: bool = True) -> list[Offset]:
         # 1. sinks, in order: online (queues the feature records), then offline
         for sink in self.sinks:
+            started = time.perf_counter()
             sink.flush()
+            self._took(getattr(sink, "name", "sink"), started)
         # 2. producer: every record the sinks and the dead letters queued is acknowledged
+        started = time.perf_counter()
         remaining = self.producer.flush(self.flush_timeout_s)
+        self._took("producer", started)
         if remaining:
             raise SinkError(f"{remaining} records to Kafka not acknowledged within "
                             f"{self.flush_timeout_s:.0f}s; is the broker up? (`taxi-mlops status`)")
@@ -115,14 +134,16 @@ class Checkpoint:
         # 3. offsets, with their rebuild points, synchronously
         todo = offsets()
         if todo:
-            self._commit_offsets(todo)
+            started = time.perf_counter()
+            self._commit_offsets(todo, wait)
+            self._took("commit" if wait else "commit_async", started)
         return todo
 
-    def _commit_offsets(self, todo: list[Offset]) -> None:
+    def _commit_offsets(self, todo: list[Offset], wait: bool = True) -> None:
         from confluent_kafka import KafkaException, TopicPartition
 
         try:
             self.consumer.commit(offsets=[TopicPartition(o.topic, o.partition, o.offset, metadata=o.metadata)
-                                          for o in todo], asynchronous=False)
+                                          for o in todo], asynchronous=not wait)
         except KafkaException as exc:
             raise SinkError(f"offset commit failed: {exc}; is the broker up?") from exc

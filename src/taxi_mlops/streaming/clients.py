@@ -2,7 +2,8 @@
 
 One place for the settings that make failures visible instead of silent: explicit timeouts,
 Java-compatible key partitioning (so a Java or Go client keys records the same way) and
-quiet logs while a broker is (re)starting.
+quiet logs while a broker is (re)starting, and the SASL/SCRAM login when the local brokers
+require one (pass the ``Settings`` rather than a bootstrap string to get it).
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import logging
 from taxi_mlops.settings import Settings
 
 PROBE_TIMEOUT_S = 2.0
+SASL_MECHANISM = "SCRAM-SHA-512"
 ADMIN_TIMEOUT_S = 15.0
 
 _quiet = logging.getLogger("taxi_mlops.streaming.librdkafka.quiet")
@@ -49,15 +51,30 @@ def bootstrap(settings_or_bootstrap: Settings | str) -> str:
     return settings_or_bootstrap.kafka_bootstrap_servers
 
 
-def common(bootstrap_servers: str, client_id: str, quiet: bool = False) -> dict:
+def sasl(settings: Settings) -> dict:
+    """The SCRAM login of our clients when the local brokers require it (``kafka_sasl``)."""
+    if not settings.kafka_sasl:
+        return {}
+    from taxi_mlops import security
+
+    return {"security.protocol": "SASL_PLAINTEXT", "sasl.mechanism": SASL_MECHANISM,
+            "sasl.username": settings.kafka_sasl_username, "sasl.password": security.kafka_password(settings)}
+
+
+def common(bootstrap_servers: Settings | str, client_id: str, quiet: bool = False,
+           only: str | None = None) -> dict:
+    """``bootstrap_servers``: a Settings (its servers, and its SASL login when ``kafka_sasl``)
+    or a plain ``host:port,...`` string (no login). ``only``: talk to this one broker."""
     conf = {
-        "bootstrap.servers": bootstrap_servers,
+        "bootstrap.servers": only or bootstrap(bootstrap_servers),
         "client.id": client_id,
         "socket.timeout.ms": 10_000,
         "socket.connection.setup.timeout.ms": 5_000,
         # librdkafka prefers IPv6 for "localhost"; the platform binds 127.0.0.1 only.
         "broker.address.family": "v4",
     }
+    if isinstance(bootstrap_servers, Settings):
+        conf.update(sasl(bootstrap_servers))
     if quiet:  # probes: a broker that is down is an answer, not an error to print
         conf["logger"] = _quiet
         conf["log_level"] = 0
@@ -66,7 +83,7 @@ def common(bootstrap_servers: str, client_id: str, quiet: bool = False) -> dict:
     return conf
 
 
-def producer_config(bootstrap_servers: str, client_id: str, **extra) -> dict:
+def producer_config(bootstrap_servers: Settings | str, client_id: str, **extra) -> dict:
     """An idempotent, acks=all producer: a retried send never duplicates or reorders a key."""
     conf = {
         **common(bootstrap_servers, client_id),
@@ -81,7 +98,7 @@ def producer_config(bootstrap_servers: str, client_id: str, **extra) -> dict:
     return conf
 
 
-def consumer_config(bootstrap_servers: str, client_id: str, group_id: str, **extra) -> dict:
+def consumer_config(bootstrap_servers: Settings | str, client_id: str, group_id: str, **extra) -> dict:
     conf = {
         **common(bootstrap_servers, client_id),
         "group.id": group_id,
@@ -97,18 +114,19 @@ def consumer_config(bootstrap_servers: str, client_id: str, group_id: str, **ext
     return conf
 
 
-def admin(bootstrap_servers: str, quiet: bool = False):
+def admin(bootstrap_servers: Settings | str, quiet: bool = False, only: str | None = None):
     from confluent_kafka.admin import AdminClient
 
-    return AdminClient(common(bootstrap_servers, "taxi-mlops-admin", quiet=quiet))
+    return AdminClient(common(bootstrap_servers, "taxi-mlops-admin", quiet=quiet, only=only))
 
 
-def broker_reachable(bootstrap_servers: str, timeout_s: float = PROBE_TIMEOUT_S) -> bool:
-    """A metadata request answered by at least one broker."""
+def broker_reachable(bootstrap_servers: Settings | str, timeout_s: float = PROBE_TIMEOUT_S,
+                     only: str | None = None) -> bool:
+    """A metadata request answered by at least one broker (by ``only``, when given)."""
     from confluent_kafka import KafkaException
 
     try:
-        metadata = admin(bootstrap_servers, quiet=True).list_topics(timeout=timeout_s)
+        metadata = admin(bootstrap_servers, quiet=True, only=only).list_topics(timeout=timeout_s)
     except KafkaException:
         return False
     return bool(metadata.brokers)

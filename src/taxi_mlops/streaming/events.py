@@ -26,6 +26,7 @@ from typing import Any, ClassVar, Literal
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationError
 
+from taxi_mlops.settings import Settings
 from taxi_mlops.streaming import clients, topics
 
 
@@ -363,7 +364,7 @@ class ProduceError(RuntimeError):
 class EventProducer:
     """A validating, idempotent producer: invalid events go to the dead-letter topic."""
 
-    def __init__(self, bootstrap_servers: str, client_id: str = "taxi-mlops-producer", **config):
+    def __init__(self, bootstrap_servers: Settings | str, client_id: str = "taxi-mlops-producer", **config):
         from confluent_kafka import Producer
 
         self._producer = Producer(clients.producer_config(bootstrap_servers, client_id, **config))

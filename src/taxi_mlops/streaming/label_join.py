@@ -266,8 +266,8 @@ class LabelJoin:
         self.settings = settings
         self.bootstrap = settings.kafka_bootstrap_servers
         self.window_s, self.publish_interval_s = window_s, publish_interval_s
-        self.consumer = Consumer(clients.consumer_config(self.bootstrap, NAME, GROUP))
-        self.producer = events.EventProducer(self.bootstrap, NAME, **{"message.timeout.ms": 0})
+        self.consumer = Consumer(clients.consumer_config(settings, NAME, GROUP))
+        self.producer = events.EventProducer(settings, NAME, **{"message.timeout.ms": 0})
         self.state = JoinState(window_s)
         self.tracker = None
         try:
@@ -292,7 +292,7 @@ class LabelJoin:
         since_ms = int((time.time() - self.window_s) * 1000)
         wanted = []
         for topic in (topics.PREDICTIONS, topics.LABELS):
-            n = topics.partition_count(self.bootstrap, topic)
+            n = topics.partition_count(self.settings, topic)
             wanted += [TopicPartition(topic, p, since_ms) for p in range(n)]
         offsets = self.consumer.offsets_for_times(wanted, timeout=clients.ADMIN_TIMEOUT_S)
         # -1: nothing that recent in this partition: start at its end.
@@ -302,7 +302,7 @@ class LabelJoin:
     def run(self) -> None:
         self.metrics_url = metrics.serve(metrics.registry_with(metrics.LabelJoinMetrics(self)),
                                          self.settings.host, self.settings.label_join_metrics_port, NAME)
-        topics.ensure_topics(self.bootstrap)
+        topics.ensure_topics(self.settings)
         self._assign_from_window()
         self.phase = "running"
         log.info("joining %s with %s over %.0fs windows", topics.LABELS, topics.PREDICTIONS, self.window_s)

@@ -31,7 +31,7 @@ class PredictionLogger:
         self.topic = topic
         self.max_buffer = max_buffer
         self._producer = Producer(clients.producer_config(
-            clients.bootstrap(bootstrap_servers), client_id,
+            bootstrap_servers, client_id,
             **{"queue.buffering.max.messages": max_buffer,
                "message.timeout.ms": int(message_timeout_s * 1000),
                "linger.ms": 20}))

@@ -107,8 +107,8 @@ class DataQualityWorker:
         self.settings = settings
         self.bootstrap = settings.kafka_bootstrap_servers
         self.commit_interval_s, self.batch_size = commit_interval_s, batch_size
-        self.consumer = Consumer(clients.consumer_config(self.bootstrap, NAME, GROUP))
-        self.producer = events.EventProducer(self.bootstrap, NAME, **{"message.timeout.ms": 0})
+        self.consumer = Consumer(clients.consumer_config(settings, NAME, GROUP))
+        self.producer = events.EventProducer(settings, NAME, **{"message.timeout.ms": 0})
         self.metrics = metrics.DataQualityMetrics()
         self.window = qc.QualityWindow(settings.quality_window_events, settings.quality_window_s)
         self.drift_thresholds = drift.Thresholds.from_settings(settings)
@@ -131,7 +131,7 @@ class DataQualityWorker:
     def run(self) -> None:
         self.metrics_url = metrics.serve(metrics.registry_with(self.metrics), self.settings.host,
                                          self.settings.quality_metrics_port, NAME)
-        topics.ensure_topics(self.bootstrap)
+        topics.ensure_topics(self.settings)
         self.phase = "running"
         last_refresh, last_commit = -1e9, time.monotonic()
         while not self.stop_event.is_set():

@@ -205,7 +205,7 @@ def replay(settings: Settings, speed: float | str = 0, retime: bool = False, lim
     """
     speed = parse_speed(speed)
     bootstrap = settings.kafka_bootstrap_servers
-    topics.ensure_topics(bootstrap)
+    topics.ensure_topics(settings)
     csv_path = Path(csv_path or settings.data_csv)
     if not csv_path.exists():
         raise ReplayError(f"{csv_path} not found; fetch the data first (`dvc pull` or `make data`)")
@@ -219,7 +219,7 @@ def replay(settings: Settings, speed: float | str = 0, retime: bool = False, lim
     progress(f"replaying {len(trips)} trips and their labels ({total} events) to {bootstrap} "
              f"at {'max speed' if not speed else f'{speed:g}x'}{' retimed to now' if retime else ''}")
 
-    producer = events.EventProducer(bootstrap, "taxi-replay")
+    producer = events.EventProducer(settings, "taxi-replay")
     predictor = GatewayPredictor(predict_url, predict_concurrency, predict_timeout_s) if predict_url else None
     if predictor:
         progress(f"  and each trip to {predictor.url} (at most {predict_concurrency} in flight)")

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from taxi_mlops.settings import Settings
 from taxi_mlops.streaming import clients
 
 DAY_MS = 24 * 3600 * 1000
@@ -62,20 +63,31 @@ BY_NAME = {t.name: t for t in TOPICS}
 assert BY_NAME[TRIPS].partitions == BY_NAME[LABELS].partitions, "trips and labels must be co-partitioned"
 
 
+def replication(nodes: int) -> tuple[int, int]:
+    """(replication factor, min.insync.replicas) of every topic on a cluster of ``nodes``
+    brokers: three copies at most, and an acknowledged write (acks=all) is on two of them once
+    there are three, so losing any one broker loses no acknowledged event and blocks no writer.
+    The local broker writes these as its defaults (``broker.write_config``), which
+    ``ensure_topics`` creates topics with."""
+    factor = min(3, max(1, nodes))
+    return factor, max(1, factor - 1)
+
+
 class TopicError(RuntimeError):
     pass
 
 
-def ensure_topics(bootstrap_servers: str, topics: list[Topic] | None = None,
+def ensure_topics(bootstrap_servers: Settings | str, topics: list[Topic] | None = None,
                   timeout_s: float = clients.ADMIN_TIMEOUT_S) -> dict[str, str]:
-    """Create or align every declared topic; returns ``{topic: what was done}``."""
+    """Create or align every declared topic; returns ``{topic: what was done}``.
+    ``bootstrap_servers``: the Settings when the brokers may require a SASL login."""
     from confluent_kafka import KafkaError, KafkaException
     from confluent_kafka.admin import (AlterConfigOpType, ConfigEntry, ConfigResource, NewPartitions,
                                        NewTopic)
 
     topics = topics or TOPICS
     admin = clients.admin(bootstrap_servers)
-    hint = f"is the broker at {bootstrap_servers} up? (`taxi-mlops status`, then `taxi-mlops up`)"
+    hint = f"is the broker at {clients.bootstrap(bootstrap_servers)} up? (`taxi-mlops status`, then `taxi-mlops up`)"
     try:
         existing = admin.list_topics(timeout=timeout_s).topics
     except KafkaException as exc:
@@ -85,7 +97,9 @@ def ensure_topics(bootstrap_servers: str, topics: list[Topic] | None = None,
     missing = [t for t in topics if t.name not in existing]
     if missing:
         futures = admin.create_topics(
-            [NewTopic(t.name, num_partitions=t.partitions, replication_factor=1, config=t.configs())
+            # -1: the broker's default.replication.factor (min.insync.replicas too), which
+            # the local broker sets from ``replication``; an external cluster keeps its own.
+            [NewTopic(t.name, num_partitions=t.partitions, replication_factor=-1, config=t.configs())
              for t in missing],
             operation_timeout=timeout_s, request_timeout=timeout_s)
         for name, future in futures.items():
@@ -149,7 +163,7 @@ def ensure_topics(bootstrap_servers: str, topics: list[Topic] | None = None,
     return result
 
 
-def partition_count(bootstrap_servers: str, topic: str, timeout_s: float = clients.ADMIN_TIMEOUT_S) -> int:
+def partition_count(bootstrap_servers: Settings | str, topic: str, timeout_s: float = clients.ADMIN_TIMEOUT_S) -> int:
     from confluent_kafka import KafkaException
 
     try:

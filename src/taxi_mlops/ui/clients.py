@@ -60,15 +60,17 @@ def _detail(response: httpx.Response) -> tuple[str, Any]:
 class _Api:
     backend = "backend"
 
-    def __init__(self, base_url: str, timeout_s: float = TIMEOUT_S):
+    def __init__(self, base_url: str, timeout_s: float = TIMEOUT_S, auth: httpx.Auth | None = None):
         self.base_url = base_url.rstrip("/")
         self.timeout_s = timeout_s
+        self.auth = auth  # MLflow's basic auth (security.mlflow_http_auth); None elsewhere
 
     def _request(self, method: str, path: str, *, ok: tuple[int, ...] = (), timeout_s: float | None = None,
                  **kwargs) -> httpx.Response:
         timeout = timeout_s or self.timeout_s
         try:
-            response = httpx.request(method, f"{self.base_url}{path}", timeout=timeout, **kwargs)
+            response = httpx.request(method, f"{self.base_url}{path}", timeout=timeout, auth=self.auth,
+                                     **kwargs)
         except httpx.TimeoutException:
             raise BackendError(self.backend, self.base_url, f"no answer within {timeout:g} s") from None
         except httpx.HTTPError as exc:
@@ -227,5 +229,8 @@ class Clients:
 
     @classmethod
     def from_settings(cls, settings: Settings) -> "Clients":
-        return cls(Gateway(settings.gateway_url), Mlflow(settings.mlflow_tracking_uri),
+        from taxi_mlops import security
+
+        return cls(Gateway(settings.gateway_url),
+                   Mlflow(settings.mlflow_tracking_uri, auth=security.mlflow_http_auth(settings)),
                    Prometheus(settings.prometheus_url), Alertmanager(settings.alertmanager_url))
