@@ -30,6 +30,7 @@ import schemathesis
 from schemathesis.checks import positive_data_acceptance
 from schemathesis.config import SchemathesisConfig
 
+from taxi_mlops import security
 from taxi_mlops.stack import services
 from taxi_mlops.stack.process import Supervisor, free_port
 
@@ -98,7 +99,9 @@ def sandbox(stack, tmp_path_factory):
     settings = stack.model_copy(update={
         "state_dir": tmp_path_factory.mktemp("fuzz-sandbox"), "gateway_port": free_port(),
         "model_name": UNREGISTERED_MODEL, "admin_token": SANDBOX_TOKEN,
-        "model_server_port": free_port(), "model_server_replicas": 1})
+        "model_server_port": free_port(), "model_server_replicas": 1,
+        # Its own state dir would generate other passwords: log in as the session does.
+        **security.shared_secrets(stack)})
     supervisor = Supervisor(settings)
     supervisor.start(services.gateway_service(settings))
     yield settings

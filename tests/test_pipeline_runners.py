@@ -40,7 +40,7 @@ def multi_process_settings(base_stack, settings, tmp_path):
         assert s.connect_ex(("127.0.0.1", closed)) != 0
     scratch = settings.model_copy(update={
         "state_dir": tmp_path / "state", "model_name": SCRATCH_MODEL,
-        "redis_password": security.redis_password(settings),
+        **security.shared_secrets(settings),  # its own state dir would generate others
         "mlflow_external_uri": settings.mlflow_tracking_uri, "pushgateway_port": closed,
         "beam_runner": runners.MULTI_PROCESS, "beam_workers": 2})
     store.apply(scratch)

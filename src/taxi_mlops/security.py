@@ -95,6 +95,15 @@ def mlflow_flask_secret_key(settings: Settings) -> str:
     return _secret_file(settings.state_dir / "mlflow_flask_secret_key")
 
 
+def shared_secrets(settings: Settings) -> dict:
+    """The Redis and MLflow passwords ``settings`` resolves to, as settings fields: a copy of
+    the settings with another state dir (a sandbox gateway, a scratch pipeline run) talks to
+    the same services instead of generating passwords they reject."""
+    return {"redis_password": redis_password(settings),
+            "mlflow_admin_password": mlflow_admin_password(settings),
+            "mlflow_reader_password": mlflow_reader_password(settings)}
+
+
 def mlflow_credentials(settings: Settings, role: str = MLFLOW_ADMIN) -> tuple[str, str] | None:
     """(username, password) for ``role`` (``MLFLOW_ADMIN`` writes, ``MLFLOW_READER`` only
     reads), or None when MLflow wants none. An external MLflow gets what the settings name

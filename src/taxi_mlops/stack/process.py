@@ -81,27 +81,36 @@ def _ephemeral_range() -> tuple[int, int]:
 
 
 _port_rng = random.Random()
+# Ports handed out by this process: a test session picks its stack's ports first and starts
+# some services minutes later, so a port free "right now" may already be promised.
+_handed_out: set[int] = set()
 
 
 def free_port(host: str = "127.0.0.1") -> int:
     """A port nothing listens on right now (tests and benchmarks run beside a dev stack),
     chosen below the kernel's ephemeral range: a port from bind(0) is an ephemeral one, which
     any outgoing connection (an MLflow call during training) may take before the service that
-    was given it starts ("Address already in use" minutes later)."""
+    was given it starts ("Address already in use" minutes later). Never the same port twice
+    in one process: one promised to a service not started yet is not free."""
     low, _ = _ephemeral_range()
     floor = 10000
     if low - floor > 1000:
         for _ in range(200):
             port = _port_rng.randrange(floor, low)
+            if port in _handed_out:
+                continue
             with socket.socket() as s:
                 try:
                     s.bind((host, port))
                 except OSError:
                     continue
+                _handed_out.add(port)
                 return port
     with socket.socket() as s:  # no room below the range: fall back to the kernel's choice
         s.bind((host, 0))
-        return s.getsockname()[1]
+        port = s.getsockname()[1]
+    _handed_out.add(port)
+    return port
 
 
 def wait_for(predicate: Callable[[], bool], timeout_s: float, interval_s: float = 0.2) -> bool:
