@@ -6,6 +6,7 @@ import httpx
 import pytest
 
 from taxi_mlops.stack import services
+from taxi_mlops.stack.process import wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -76,6 +77,35 @@ def test_health_reports_each_dependency(stack):
     assert deps["warm_up"]["ok"] and deps["warm_up"]["attempts"] >= 1 and "error" not in deps["warm_up"]
 
 
+def _requests_total(stack) -> float:
+    text = httpx.get(f"{stack.gateway_url}/metrics", timeout=10).text
+    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+               if line.startswith("taxi_gateway_requests_total{"))
+
+
+def test_the_port_answers_while_one_gateway_instance_is_down(stack, supervisor, trip, keeper_paused):
+    """Two gateway processes share the port: kill -9 of one, and the other answers every
+    request on a new connection; /metrics keeps summing the dead one's counters."""
+    instances = services.gateway_services(stack)
+    assert len(instances) >= 2, "the stack runs one gateway instance: no redundancy"
+    victim, survivor = instances[0], instances[1]
+    pids = {i.name: supervisor.pid(i.name) for i in instances}
+    seen = {httpx.get(f"{stack.gateway_url}/health/live", timeout=5).json()["pid"] for _ in range(40)}
+    assert set(pids.values()) <= seen, f"not every instance answers on the port: {pids} vs {seen}"
+    before = _requests_total(stack)
+    supervisor.kill(victim.name)
+    try:
+        answers = [post(stack, {**trip, "trip_id": f"one-instance-{i}"}) for i in range(40)]
+        assert [r.status_code for r in answers] == [200] * 40, [r.text for r in answers if r.status_code != 200]
+        live = {httpx.get(f"{stack.gateway_url}/health/live", timeout=5).json()["pid"] for _ in range(10)}
+        assert live == {pids[survivor.name]}, live
+        assert _requests_total(stack) >= before + 40, "counters of the killed instance left the sum"
+    finally:
+        supervisor.start(victim)
+    assert supervisor.pid(victim.name) not in (None, pids[victim.name])
+    assert services.gateway_instance_up(stack, 0) and services.gateway_instance_up(stack, 1)
+
+
 def test_model_server_down_gives_503_then_recovers(stack, supervisor, trip, keeper_paused):
     replicas = services.model_server_services(stack)
     for replica in replicas:  # every replica: with one left, the gateway would still answer
@@ -97,20 +127,33 @@ def test_model_server_down_gives_503_then_recovers(stack, supervisor, trip, keep
     assert r.status_code == 200, r.text
 
 
-def test_feature_store_down_gives_503_then_recovers(stack, supervisor, trip):
+def test_feature_store_down_answers_degraded_then_recovers(stack, supervisor, trip):
+    """Redis down: /predict still answers, from the last prior row read, marked degraded (and
+    /health says the store is down); once Redis is back, answers are normal again."""
+    from taxi_mlops.gateway.features import DEFAULTS
+
     redis = services.redis_service(stack)
     supervisor.stop("redis")
     try:
-        started = time.monotonic()
-        r = post(stack, trip)
-        assert r.status_code == 503, r.text
-        assert r.json()["dependency"] == "feature_store"
-        assert time.monotonic() - started < stack.request_timeout_s + 3
+        for i in range(6):  # both instances, each with its own breaker
+            started = time.monotonic()
+            r = post(stack, {**trip, "trip_id": f"no-redis-{i}"})
+            assert time.monotonic() - started < stack.request_timeout_s + 3  # never a hang
+            assert r.status_code == 200, r.text
+            assert r.json()["degraded"] == ["feature_store"], r.json()
+            assert sorted(r.json()["defaulted_features"]) == sorted(DEFAULTS)
+        health = httpx.get(f"{stack.gateway_url}/health", timeout=10)
+        assert health.status_code == 503 and not health.json()["dependencies"]["feature_store"]["ok"]
     finally:
         supervisor.start(redis)
+
+    def normal_again() -> bool:
+        answers = [post(stack, trip).json() for _ in range(6)]
+        return all(a.get("degraded") == [] for a in answers)
+
+    assert wait_for(normal_again, 30, 0.5), "still degraded 30 s after Redis came back"
     r = post(stack, trip)
-    assert r.status_code == 200, r.text
-    assert r.json()["features_used"]["area_trip_count"] > 0  # Redis kept its data (RDB on stop)
+    assert r.status_code == 200 and r.json()["features_used"]["area_trip_count"] > 0  # Redis kept its data
 
 
 def test_chunked_body_over_the_limit_is_413(stack, trip):

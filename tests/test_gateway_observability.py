@@ -4,7 +4,6 @@ add up to the right counts."""
 
 from __future__ import annotations
 
-import dataclasses
 import glob
 import json
 import uuid
@@ -137,7 +136,7 @@ def per_worker_predict_counts(path) -> dict[str, float]:
 
 def test_two_workers_add_up(stack, supervisor, trip):
     two = stack.model_copy(update={"gateway_port": free_port(), "gateway_workers": 2})
-    service = dataclasses.replace(services.gateway_service(two), name="gateway-2workers")
+    service = services.gateway_service(two, name="gateway-2workers")
     supervisor.start(service)
     try:
         def one(i):

@@ -100,6 +100,8 @@ def restore_champion(stack, champion):
     for e in httpx.get(f"{stack.gateway_url}/experiments", timeout=10).json()["experiments"]:
         if e["status"] == "running":
             httpx.post(f"{stack.gateway_url}/experiments/{e['experiment_id']}/stop", headers=admin(stack), timeout=30)
+    routing_applied(stack, lambda body: not body["experiment"] and body["policy"]["shadow"] is None
+                    and [v["target"] for v in body["policy"]["split"]] == ["champion"])
     await_served(stack, models.CHAMPION, champion.version)
 
 
@@ -108,8 +110,13 @@ def predict(settings, trip_id: str, **extra) -> httpx.Response:
 
 
 def routing_applied(settings, check) -> None:
-    """Gateway workers reread the store every routing_refresh_s: await the new policy."""
-    assert wait_for(lambda: check(httpx.get(f"{settings.gateway_url}/routing", timeout=5).json()), 10, 0.2)
+    """Gateway workers and instances reread the store every routing_refresh_s: await the new
+    policy on all of them (12 answers in a row, each on a new connection, which the kernel
+    spreads over the instances sharing the port)."""
+    def everywhere() -> bool:
+        return all(check(httpx.get(f"{settings.gateway_url}/routing", timeout=5).json()) for _ in range(12))
+
+    assert wait_for(everywhere, 10, 0.2)
 
 
 def model_events(settings, since_ms: int, want: callable, timeout_s: float = 30) -> list[dict]:

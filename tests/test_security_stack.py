@@ -82,11 +82,13 @@ def test_setting_up_the_reader_names_a_changed_admin_password_or_a_clash(stack):
 
 
 def test_each_service_logs_in_to_mlflow_as_what_it_needs(stack, supervisor):
-    """Readers (model servers, the UI, the stream workers) as the read-only user; the gateway's
-    promote/rollback and the alert receiver's retrain as the admin."""
+    """Readers (model servers, the UI, the data-quality worker) as the read-only user; the
+    gateway's promote/rollback, the label join's experiment decisions and the alert
+    receiver's retrain as the admin."""
     settings = stack
     expected = {"model_server": security.MLFLOW_READER, "model_server-1": security.MLFLOW_READER,
-                "ui": security.MLFLOW_READER, "label-join": security.MLFLOW_READER,
+                "ui": security.MLFLOW_READER, "data-quality": security.MLFLOW_READER,
+                "label-join": security.MLFLOW_ADMIN,
                 "gateway": security.MLFLOW_ADMIN, "alert_receiver": security.MLFLOW_ADMIN}
     for name, role in expected.items():
         raw = Path(f"/proc/{supervisor.pid(name)}/environ").read_bytes().split(b"\0")

@@ -247,10 +247,10 @@ def cmd_deploy(settings: Settings, args) -> int:
             sup.start(service)
         console.print(f"[green]{service.name}[/] serving {settings.model_name}@{settings.serving_alias} "
                       f"at {service.url}")
-    gateway = services.gateway_service(settings)
-    if sup.pid("gateway") is None:
-        sup.start(gateway)
-        console.print(f"[green]gateway[/] started at {settings.gateway_url}")
+    for gateway in services.gateway_services(settings):
+        if sup.pid(gateway.name) is None:
+            sup.start(gateway)
+            console.print(f"[green]{gateway.name}[/] started at {settings.gateway_url}")
     return 0
 
 

@@ -24,6 +24,20 @@ class Settings(BaseSettings):
 
     host: str = Field("127.0.0.1", description="Interface every server binds to.")
     state_dir: Path = Field(paths.PROJECT_ROOT / ".state", description="Logs, pids, stores.")
+    # ---- connect hosts (issue 12, scale-out: manifests/compose.py, manifests/kubernetes.py) ----
+    # `host` is the interface our servers bind to; in a container that is 0.0.0.0, which is no
+    # address to connect to. These name the peer a client connects to (a compose service, a
+    # Kubernetes Service); None: `host`, as on one machine. MLflow, Kafka and Prometheus are
+    # named by mlflow_external_uri, KAFKA_BOOTSTRAP_SERVERS and prometheus_external_url.
+    redis_host: str | None = Field(None, description="Where clients reach Redis; default: host.")
+    model_server_host: str | None = Field(None, description=(
+        "Where the gateway reaches the model server(s); default: host."))
+    gateway_host: str | None = Field(None, description=(
+        "Where the UI, the CLI and the retrain loop reach the gateway; default: host."))
+    alertmanager_host: str | None = Field(None, description="Where clients reach Alertmanager; default: host.")
+    pushgateway_host: str | None = Field(None, description="Where a pipeline run pushes its metrics; default: host.")
+    alert_receiver_host: str | None = Field(None, description=(
+        "Where Alertmanager and the CLI reach the alert receiver; default: host."))
 
     redis_port: int = 6390
     redis_password: str | None = Field(None, description=(
@@ -124,6 +138,17 @@ class Settings(BaseSettings):
     alert_group_wait_s: float = Field(5.0, description="Alertmanager group_wait and group_interval.")
     metrics_enabled: bool = Field(True, description="Gateway and model-server metrics (off only to measure their cost).")
     gateway_workers: int = Field(1, description="Gateway worker processes (metrics stay correct across them).")
+    feature_store_fallback: bool = Field(True, description=(
+        "When the online store does not answer, /predict answers with the last prior row read "
+        "(defaults before any read), marked degraded, instead of 503."))
+    feature_store_retry_s: float = Field(2.0, gt=0, description=(
+        "After a failed online read, requests skip the store this long; then one request tries it."))
+    prediction_log_spool: bool = Field(True, description=(
+        "Append each prediction log to <state_dir>/spool/predictions before producing it, so a "
+        "killed gateway's unsent logs are sent by the next one to start."))
+    gateway_instances: int = Field(2, ge=1, le=16, description=(
+        "Independent gateway processes sharing the port (SO_REUSEPORT), each supervised on its "
+        "own: one that crashes leaves the others answering while the keeper restarts it."))
     log_level: str = "INFO"
 
     model_name: str = MODEL_NAME
@@ -223,7 +248,7 @@ class Settings(BaseSettings):
 
     @property
     def redis_url(self) -> str:
-        return f"redis://{self.host}:{self.redis_port}/0"
+        return f"redis://{self.redis_host or self.host}:{self.redis_port}/0"
 
     @property
     def redis_connection_string(self) -> str:
@@ -232,10 +257,10 @@ class Settings(BaseSettings):
         from taxi_mlops import security
 
         if self.redis_cluster_nodes:
-            nodes = ",".join(f"{self.host}:{port}" for port in self.redis_node_ports)
+            nodes = ",".join(f"{self.redis_host or self.host}:{port}" for port in self.redis_node_ports)
             return (f"{nodes},password={security.redis_password(self)},"
                     "socket_timeout=2,socket_connect_timeout=2")
-        return (f"{self.host}:{self.redis_port},db=0,password={security.redis_password(self)},"
+        return (f"{self.redis_host or self.host}:{self.redis_port},db=0,password={security.redis_password(self)},"
                 "socket_timeout=2,socket_connect_timeout=2")
 
     @property
@@ -315,12 +340,12 @@ class Settings(BaseSettings):
 
     @property
     def model_server_url(self) -> str:
-        return f"http://{self.host}:{self.model_server_port}"
+        return f"http://{self.model_server_host or self.host}:{self.model_server_port}"
 
     @property
     def model_server_urls(self) -> list[str]:
         """One URL per model-server replica (``model_server_replicas``)."""
-        return [f"http://{self.host}:{self.model_server_port + i}"
+        return [f"http://{self.model_server_host or self.host}:{self.model_server_port + i}"
                 for i in range(self.model_server_replicas)]
 
     @property
@@ -350,11 +375,16 @@ class Settings(BaseSettings):
 
     @property
     def gateway_url(self) -> str:
-        return f"http://{self.host}:{self.gateway_port}"
+        return f"http://{self.gateway_host or self.host}:{self.gateway_port}"
 
     @property
     def ui_url(self) -> str:
         return f"http://{self.host}:{self.ui_port}"
+
+    @property
+    def prediction_spool_dir(self) -> Path:
+        """Prediction logs not yet acknowledged by Kafka, per gateway process (``streaming/spool.py``)."""
+        return self.state_dir / "spool" / "predictions"
 
     @property
     def metrics_dir(self) -> Path:
@@ -367,15 +397,15 @@ class Settings(BaseSettings):
 
     @property
     def alertmanager_url(self) -> str:
-        return f"http://{self.host}:{self.alertmanager_port}"
+        return f"http://{self.alertmanager_host or self.host}:{self.alertmanager_port}"
 
     @property
     def pushgateway_url(self) -> str:
-        return f"http://{self.host}:{self.pushgateway_port}"
+        return f"http://{self.pushgateway_host or self.host}:{self.pushgateway_port}"
 
     @property
     def alert_receiver_url(self) -> str:
-        return f"http://{self.host}:{self.alert_receiver_port}"
+        return f"http://{self.alert_receiver_host or self.host}:{self.alert_receiver_port}"
 
     def feast_env(self) -> dict[str, str]:
         """Variables that ``feature_store.yaml`` substitutes, for the SDK and the ``feast`` CLI."""

@@ -27,11 +27,22 @@ def _consumer(bootstrap: str, group: str | None = None) -> Consumer:
 
 
 def end_offsets(bootstrap: str, topic: str) -> dict[int, int]:
+    """Each partition's end; a broker that has just started may not lead its partitions for
+    a moment ("not leader"): asked again until it does, within TIMEOUT_S."""
+    from confluent_kafka import KafkaException
+
+    deadline = time.monotonic() + TIMEOUT_S
     c = _consumer(bootstrap)
     try:
-        meta = c.list_topics(topic, timeout=TIMEOUT_S).topics[topic]
-        return {p: c.get_watermark_offsets(TopicPartition(topic, p), timeout=TIMEOUT_S)[1]
-                for p in meta.partitions}
+        while True:
+            try:
+                meta = c.list_topics(topic, timeout=TIMEOUT_S).topics[topic]
+                return {p: c.get_watermark_offsets(TopicPartition(topic, p), timeout=TIMEOUT_S)[1]
+                        for p in meta.partitions}
+            except KafkaException as exc:
+                if not exc.args[0].retriable() and "leader" not in str(exc).lower() or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.2)
     finally:
         c.close()
 

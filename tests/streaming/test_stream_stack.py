@@ -270,6 +270,49 @@ def test_prediction_logs_buffered_while_broker_is_down_arrive_after(kafka, strea
     assert set(ids) <= got
 
 
+SPOOLED = 50
+
+
+def test_a_killed_loggers_spooled_logs_are_sent_by_the_next_one(kafka, tmp_path):
+    """A logger killed with -9 while its logs wait for a broker (here: one that never
+    answers) loses none: the next logger on the same spool folder sends them."""
+    import signal
+    import subprocess
+    import sys
+
+    from taxi_mlops.stack.process import free_port
+    from taxi_mlops.streaming import spool
+
+    root = tmp_path / "spool"
+    ids = [f"spooled-{uuid.uuid4().hex[:10]}" for _ in range(SPOOLED)]
+    code = f"""
+import os, signal
+from datetime import datetime, timezone
+from taxi_mlops.streaming import events, prediction_log
+logger = prediction_log.PredictionLogger("127.0.0.1:{free_port()}", spool_dir={str(root)!r})
+for i, rid in enumerate({ids!r}):
+    assert logger.log(events.PredictionLog(request_id=rid, trip_id=f"spooled-trip-{{i}}", features={{"fare": 1.0}},
+                      model_name="m", model_version="1", model_alias="champion", tip_probability=0.3,
+                      latency_ms=2.0, timestamp=datetime.now(timezone.utc)))
+assert logger.counters()["sent"] == 0
+os.kill(os.getpid(), signal.SIGKILL)
+"""
+    killed = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    [folder] = list(root.iterdir())
+    assert len(spool.unacknowledged(folder)) == SPOOLED
+
+    start = end_offsets(kafka, topics.PREDICTIONS)
+    logger = prediction_log.PredictionLogger(kafka, spool_dir=root)
+    try:
+        assert wait_for(lambda: logger.counters()["recovered"] == SPOOLED, 60, 0.2), logger.counters()
+    finally:
+        logger.close(10)
+    got = [decode_json(m)["request_id"] for m in read_topic(kafka, topics.PREDICTIONS, start)]
+    assert sorted(r for r in got if r in set(ids)) == sorted(ids)  # each once
+    assert not root.exists() or not list(root.iterdir()), list(root.iterdir())  # nothing left over
+
+
 def test_label_join_publishes_live_accuracy_per_model_version(kafka, stream_settings, stream_supervisor):
     start = end_offsets(kafka, topics.MODEL_METRICS)
     version = f"v-{uuid.uuid4().hex[:6]}"

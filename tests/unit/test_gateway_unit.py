@@ -207,6 +207,12 @@ def test_prediction_log_counters_move_by_their_deltas(metrics):
 class FakeLookup:
     def __init__(self, fail=None):
         self.fail = fail
+        self.prior = {}
+
+    def fallback(self, count):
+        from taxi_mlops.gateway.features import fallback_rows
+
+        return fallback_rows(count, self.prior)
 
     def lookup_many(self, keys):
         if self.fail:
@@ -273,9 +279,6 @@ def test_predictor_names_the_dependency_that_failed():
     with pytest.raises(DependencyDown) as down:
         run(make_predictor(inference=FakeInference(fail=True)).predict(Trip(**TRIP), "r"))
     assert down.value.dependency == "model_server"
-    with pytest.raises(DependencyDown) as down:
-        run(make_predictor(lookup=FakeLookup(fail=ConnectionError("redis"))).predict(Trip(**TRIP), "r"))
-    assert down.value.dependency == "feature_store"
 
 
 def test_predictor_without_metrics_records_nothing():
@@ -318,3 +321,86 @@ def test_importing_the_gateway_does_not_choose_the_metrics_mode(tmp_path):
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=60)
     assert out.returncode == 0, out.stderr
     assert str(tmp_path / "metrics" / "gateway" / "1234") in out.stdout
+
+
+def test_a_sibling_instance_keeps_the_shared_metrics_folder(tmp_path):
+    """Instances on one port share the folder: one starting beside a live sibling keeps the
+    files (a crashed sibling's counters stay in the sum); the last one leaving removes it."""
+    code = textwrap.dedent(f"""
+        import os
+        from taxi_mlops.gateway import metrics
+        from taxi_mlops.settings import Settings
+        s = Settings(state_dir={str(tmp_path)!r}, gateway_port=1234)
+        folder = metrics.multiprocess_dir(s)
+        folder.mkdir(parents=True)
+        crashed = folder / "counter_999999.db"; crashed.write_bytes(b"old")
+        (folder / "owner_{os.getpid()}").touch()   # the test process: a live sibling
+        path = metrics.prepare_multiprocess_dir(s)
+        assert crashed.exists(), "wiped under a live sibling"
+        assert (path / f"owner_{{os.getpid()}}").exists()
+        metrics.release_multiprocess_dir(path)
+        assert path.exists() and not (path / f"owner_{{os.getpid()}}").exists(), "removed under a live sibling"
+        (folder / "owner_{os.getpid()}").unlink()
+        (folder / "owner_999999").touch()           # a dead owner does not count
+        path = metrics.prepare_multiprocess_dir(s)
+        assert not crashed.exists(), "not wiped with no live sibling"
+        metrics.release_multiprocess_dir(path)
+        assert not path.exists(), "the last instance leaving keeps the folder"
+        print("ok")
+    """)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PROMETHEUS_MULTIPROC")}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=60)
+    assert out.returncode == 0, out.stderr
+
+
+# ---- the feature store's breaker and fallback ----------------------------------------------------
+def test_the_breaker_skips_the_store_after_a_failure_then_lets_one_request_try():
+    from taxi_mlops.gateway.features import StoreBreaker
+
+    now = [100.0]
+    b = StoreBreaker(2.0, clock=lambda: now[0])
+    assert b.allow() and not b.open
+    assert b.failed() is True and b.open          # closed -> open: worth a log line
+    assert not b.allow()                          # skipped while open
+    now[0] += 2.0
+    assert b.allow()                              # one request tries ...
+    assert not b.allow()                          # ... the others keep skipping meanwhile
+    assert b.failed() is False                    # still down: no second log line
+    now[0] += 2.0
+    assert b.allow() and b.succeeded() is True and not b.open
+    assert b.allow() and b.allow() and b.succeeded() is False
+
+
+def test_a_down_store_answers_degraded_with_the_last_prior_row(metrics):
+    p = make_predictor(metrics, lookup=FakeLookup(fail=ConnectionError("Connection refused")))
+    before = sample(metrics, "taxi_gateway_degraded_predictions_total", dependency="feature_store")
+    prediction = run(p.predict(Trip(**TRIP), "rid-degraded"))
+    assert prediction.degraded == ["feature_store"]
+    from taxi_mlops.gateway.features import DEFAULTS
+
+    assert sorted(prediction.defaulted_features) == sorted(DEFAULTS)
+    assert sample(metrics, "taxi_gateway_degraded_predictions_total", dependency="feature_store") == before + 1
+    assert p.prediction_log.entries[-1].request_id == "rid-degraded"  # still logged
+    # The breaker is open: the next request does not even ask the store.
+    p._lookup.fail = AssertionError("asked the store while the breaker is open")
+    assert run(p.predict(Trip(**TRIP), "rid-2")).degraded == ["feature_store"]
+
+
+def test_without_the_fallback_a_down_store_is_503_naming_it():
+    from taxi_mlops.gateway.errors import DependencyDown
+
+    settings = Settings(request_timeout_s=1.0, feature_store_fallback=False)
+    p = Predictor(settings, lambda: FakeLookup(fail=ConnectionError("refused")), FakeInference(), FakeLog())
+    with pytest.raises(DependencyDown) as err:
+        run(p.predict(Trip(**TRIP), "rid-strict"))
+    assert err.value.dependency == "feature_store"
+
+
+def test_the_fallback_uses_the_prior_row_last_read():
+    from taxi_mlops.features import schema
+    from taxi_mlops.gateway.features import DEFAULTS, fallback_rows
+
+    name = schema.STORE_FEATURES[0]
+    [(values, defaulted)] = fallback_rows(1, {name: 42.0})
+    assert values[name] == 42.0 and sorted(defaulted) == sorted(DEFAULTS)
+    assert all(values[n] == DEFAULTS[n] for n in DEFAULTS if n != name)

@@ -70,9 +70,9 @@ def test_writers_log_in_as_the_admin_readers_as_the_read_only_user(tmp_path):
                       "MLFLOW_TRACKING_PASSWORD": security.mlflow_reader_password(settings)}
     assert reader["MLFLOW_TRACKING_PASSWORD"] != admin["MLFLOW_TRACKING_PASSWORD"]
     by_name = {s.name: s.env for s in services.all_services(settings)}
-    for name in ("model_server", "ui", "label-join", "data-quality"):
+    for name in ("model_server", "ui", "data-quality"):
         assert by_name[name]["MLFLOW_TRACKING_USERNAME"] == "ro", name
-    for name in ("gateway", "alert_receiver"):
+    for name in ("gateway", "gateway-1", "alert_receiver", "label-join"):  # label join: experiment decisions
         assert by_name[name]["MLFLOW_TRACKING_USERNAME"] == "admin", name
     assert "MLFLOW_TRACKING_PASSWORD" not in by_name["stream-processor-0"]
     mlflow_env = by_name["mlflow"]

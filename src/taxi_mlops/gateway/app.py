@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import shutil
 import signal
 import sys
 import time
@@ -45,7 +44,7 @@ from taxi_mlops.gateway.predictor import Predictor, default_policy
 from taxi_mlops.gateway.router import Router, RoutingPolicy
 from taxi_mlops.gateway.warmup import WarmUp
 from taxi_mlops.gateway.schemas import (MAX_BATCH, BatchRequest, BatchResponse, BatchResult,
-                                        HealthReport, Prediction, Trip)
+                                        HealthReport, Liveness, Prediction, Trip)
 from taxi_mlops.observability import logs
 from taxi_mlops.rollout.experiment import ExperimentSpec  # noqa: E402
 from taxi_mlops.settings import Settings, get_settings
@@ -65,7 +64,8 @@ def _lifespan(settings: Settings, metrics: GatewayMetrics | None):
         from taxi_mlops.gateway.features import FeatureLookup
         from taxi_mlops.streaming.prediction_log import PredictionLogger
 
-        app.state.prediction_log = PredictionLogger(settings)  # never blocks, never raises
+        app.state.prediction_log = PredictionLogger(  # never blocks, never raises
+            settings, spool_dir=settings.prediction_spool_dir if settings.prediction_log_spool else None)
         app.state.inference = InferenceClient(settings.model_server_urls, settings.model_name,
                                               settings.request_timeout_s)
         router = Router(default_policy(settings))
@@ -198,6 +198,12 @@ def register_batch_routes(app: FastAPI) -> None:
 
 
 def register_health_routes(app: FastAPI, settings: Settings) -> None:
+    @app.get("/health/live", response_model=Liveness)
+    async def liveness():
+        import os
+
+        return Liveness(status="alive", pid=os.getpid(), parent_pid=os.getppid())
+
     @app.get("/health", response_model=HealthReport, responses={
         503: {"model": HealthReport, "description": "A dependency does not answer (status 'degraded')."}})
     async def health(request: Request):
@@ -426,14 +432,36 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     return app
 
 
+def _listening_socket(settings: Settings):
+    """The gateway's port, bound with SO_REUSEPORT so that ``gateway_instances`` independent
+    processes share it (the kernel spreads new connections over those listening). Bound, not
+    listening: uvicorn listens once the app is warm, so no connection waits on a cold one."""
+    import socket
+
+    family = socket.AF_INET6 if ":" in settings.host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    try:
+        sock.bind((settings.host, settings.gateway_port))
+    except OSError as exc:
+        log.error("cannot bind %s:%s: %s (another program holds the port: stop it or set "
+                  "TAXI_GATEWAY_PORT)", settings.host, settings.gateway_port, exc)
+        sys.exit(1)
+    sock.set_inheritable(True)
+    return sock
+
+
 def main() -> None:
     """Serve with ``settings.gateway_workers`` uvicorn workers, each building the app from
     ``APP_IMPORT`` (a factory: workers are spawned processes, an app object cannot be passed).
 
-    The metrics folder is set and wiped here, before any worker (or this process) imports
-    prometheus_client or Feast; the workers inherit the environment.
+    The metrics folder is set here, before any worker (or this process) imports
+    prometheus_client or Feast; the workers inherit the environment. It is shared by the
+    instances on this port (``/metrics`` sums them all) and wiped only when none of them runs.
     """
     import uvicorn
+    from uvicorn.supervisors import Multiprocess
 
     settings = get_settings()
     logs.setup("gateway", settings.log_level)
@@ -441,14 +469,20 @@ def main() -> None:
     log.info("gateway starting", extra={"port": settings.gateway_port, "workers": settings.gateway_workers,
                                         "metrics_enabled": settings.metrics_enabled, "metrics_dir": str(path)})
     # uvicorn re-raises the SIGTERM it handled once the server stopped; exit through Python
-    # (not the default handler) so the folder below is removed.
+    # (not the default handler) so the folder below is released.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    config = uvicorn.Config(APP_IMPORT, factory=True, host=settings.host, port=settings.gateway_port,
+                            workers=max(1, settings.gateway_workers), timeout_keep_alive=30,
+                            log_config=logs.uvicorn_log_config("gateway", settings.log_level))
+    server = uvicorn.Server(config)
+    sock = _listening_socket(settings)
     try:
-        uvicorn.run(APP_IMPORT, factory=True, host=settings.host, port=settings.gateway_port,
-                    workers=max(1, settings.gateway_workers), timeout_keep_alive=30,
-                    log_config=logs.uvicorn_log_config("gateway", settings.log_level))
-    finally:  # the values mean nothing once every worker is gone (next start wipes them too)
-        shutil.rmtree(path, ignore_errors=True)
+        if config.workers > 1:
+            Multiprocess(config, target=server.run, sockets=[sock]).run()
+        else:
+            server.run(sockets=[sock])
+    finally:
+        gateway_metrics.release_multiprocess_dir(path)
 
 
 if __name__ == "__main__":

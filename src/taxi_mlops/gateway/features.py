@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import threading
+import time
+from typing import Callable
+
 from taxi_mlops.features import schema, store
 from taxi_mlops.settings import Settings
 from taxi_mlops.features import realtime
@@ -14,6 +18,7 @@ class FeatureLookup:
     read in one online call."""
 
     def __init__(self, settings: Settings):
+        self.prior: dict[str, float] = {}  # the last prior row read: what a degraded answer uses
         self._store = store.feature_store(settings)
         service = self._store.get_feature_service(schema.FEATURE_SERVICE)
         self._refs = [f"{proj.name}:{f.name}" for proj in service.feature_view_projections
@@ -33,6 +38,10 @@ class FeatureLookup:
             + [{schema.AREA_KEY: schema.PRIOR_AREA, schema.COMPANY_KEY: schema.PRIOR_COMPANY}],
         ).to_dict()
         prior_at = len(keys)
+        prior = {name: float(rows[name][prior_at]) for name in schema.STORE_FEATURES
+                 if rows.get(name) and rows[name][prior_at] is not None}
+        if prior:
+            self.prior = prior
         out = []
         for i in range(len(keys)):
             values, defaulted = {}, []
@@ -47,9 +56,62 @@ class FeatureLookup:
             out.append((values, defaulted))
         return out
 
+    def fallback(self, count: int) -> list[tuple[dict[str, float], list[str]]]:
+        """What ``lookup_many`` gives when the store does not answer: every feature defaulted,
+        store features to the last prior row read (the unseen entity's values)."""
+        return fallback_rows(count, self.prior)
+
     def ping(self) -> bool:
         self._store.get_online_features(
             features=self._refs,
             entity_rows=[{schema.AREA_KEY: schema.MISSING_AREA, schema.COMPANY_KEY: schema.MISSING_COMPANY}],
         )
         return True
+
+
+def fallback_rows(count: int, prior: dict[str, float] | None = None) -> list[tuple[dict[str, float], list[str]]]:
+    values = {name: float((prior or {}).get(name, default)) for name, default in DEFAULTS.items()}
+    return [(dict(values), list(DEFAULTS)) for _ in range(count)]
+
+
+class StoreBreaker:
+    """Whether a request may read the online store: after a failure, skip it for ``retry_s``
+    (requests answer degraded at once instead of each waiting out a timeout), then let one
+    request try it while the others keep skipping; a success closes it.
+
+    Hand-written rather than pybreaker: its async support needs Tornado, and a read abandoned
+    at our timeout must count as failed when we stop waiting, not when its thread's Redis
+    retries end seconds later."""
+
+    def __init__(self, retry_s: float, clock: Callable[[], float] = time.monotonic):
+        self.retry_s, self._clock = retry_s, clock
+        self._open_until = 0.0  # 0: closed
+        self._lock = threading.Lock()
+
+    @property
+    def open(self) -> bool:
+        return self._open_until != 0.0
+
+    def allow(self) -> bool:
+        with self._lock:
+            if self._open_until == 0.0:
+                return True
+            now = self._clock()
+            if now >= self._open_until:
+                self._open_until = now + self.retry_s  # this caller tries; the others skip
+                return True
+            return False
+
+    def failed(self) -> bool:
+        """Record a failure; True if the breaker was closed until now (worth a log line)."""
+        with self._lock:
+            was_closed = self._open_until == 0.0
+            self._open_until = self._clock() + self.retry_s
+            return was_closed
+
+    def succeeded(self) -> bool:
+        """Record a success; True if the breaker was open until now."""
+        with self._lock:
+            was_open = self._open_until != 0.0
+            self._open_until = 0.0
+            return was_open

@@ -37,6 +37,7 @@ FAMILIES = (
     "taxi_gateway_prediction_log_backlog",
     "taxi_gateway_prediction_log_dropped_total",
     "taxi_gateway_prediction_log_sent_total",
+    "taxi_gateway_degraded_predictions_total",
 )
 STAGES = ("feature_lookup", "inference", "prediction_log")
 METHODS = frozenset({"GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"})
@@ -49,10 +50,29 @@ def multiprocess_dir(settings: Settings) -> Path:
     return settings.metrics_dir / "gateway" / str(settings.gateway_port)
 
 
-def prepare_multiprocess_dir(settings: Settings, wipe: bool = True) -> Path:
-    """Point prometheus_client (and Feast) at our folder, emptied, before any metric exists.
+OWNER_PREFIX = "owner_"  # owner_<pid>: a gateway process using the folder
 
-    Called by ``main()`` before uvicorn starts the workers, which inherit the variables. A
+
+def _live_owners(path: Path, but: int | None = None) -> list[int]:
+    from taxi_mlops.pids import pid_alive
+
+    pids = []
+    for f in path.glob(f"{OWNER_PREFIX}*"):
+        try:
+            pid = int(f.name[len(OWNER_PREFIX):])
+        except ValueError:
+            continue
+        if pid != but and pid_alive(pid):
+            pids.append(pid)
+    return pids
+
+
+def prepare_multiprocess_dir(settings: Settings, wipe: bool = True) -> Path:
+    """Point prometheus_client (and Feast) at our folder before any metric exists.
+
+    Called by ``main()`` before uvicorn starts the workers, which inherit the variables. The
+    folder is emptied (``wipe``) only when no other gateway instance on this port runs: while
+    one does, the files of a crashed sibling stay, so the summed counters never go back. A
     wipe after a metric was created would unlink files this process still writes to, so it
     refuses once ``prometheus_client`` is imported in this process with another folder.
     """
@@ -62,12 +82,21 @@ def prepare_multiprocess_dir(settings: Settings, wipe: bool = True) -> Path:
             "prometheus_client was imported before the gateway's multiprocess folder was set "
             f"(PROMETHEUS_MULTIPROC_DIR={os.environ.get(MULTIPROC_VARS[0])!r}); start the gateway "
             "with `python -m taxi_mlops.gateway` or call main() before importing Feast")
-    if wipe:
+    if wipe and not (path.is_dir() and _live_owners(path, but=os.getpid())):
         shutil.rmtree(path, ignore_errors=True)
     path.mkdir(parents=True, exist_ok=True)
+    (path / f"{OWNER_PREFIX}{os.getpid()}").touch()
     for var in MULTIPROC_VARS:
         os.environ[var] = str(path)
     return path
+
+
+def release_multiprocess_dir(path: Path) -> None:
+    """A clean exit: the folder goes with the last instance using it (the values mean nothing
+    once every gateway process is gone; the next start would wipe them anyway)."""
+    (path / f"{OWNER_PREFIX}{os.getpid()}").unlink(missing_ok=True)
+    if not _live_owners(path):
+        shutil.rmtree(path, ignore_errors=True)
 
 
 def value_mode() -> dict:
@@ -132,6 +161,10 @@ class GatewayMetrics:
                               ["policy", "variant", "experiment"], registry=r)
         self.fallbacks = Counter("taxi_gateway_fallbacks", "Answers given by the fallback target "
                                  "because the primary failed.", ["target", "fallback"], registry=r)
+        self.degraded = Counter("taxi_gateway_degraded_predictions", "Predictions answered without "
+                                "a dependency (feature_store: fallback features).", ["dependency"],
+                                registry=r)
+        self.degraded.labels("feature_store")  # exposed at 0: an alert can tell "none" from "no data"
         self.stage_children = {s: self.stage.labels(stage=s) for s in STAGES}
         self._request_children: dict = {}
         self._duration_children: dict = {}
@@ -163,6 +196,9 @@ class GatewayMetrics:
 
     def record_route(self, policy: str, variant: str, experiment_id: str | None) -> None:
         self.routed.labels(policy, variant, experiment_id or "none").inc()
+
+    def record_degraded(self, dependency: str) -> None:
+        self.degraded.labels(dependency).inc()
 
     def record_fallback(self, target: str, fallback: str) -> None:
         self.fallbacks.labels(target, fallback).inc()

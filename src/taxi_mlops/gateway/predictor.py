@@ -22,6 +22,7 @@ from starlette.concurrency import run_in_threadpool
 
 from taxi_mlops.features import schema
 from taxi_mlops.gateway.errors import DependencyDown
+from taxi_mlops.gateway.features import StoreBreaker, fallback_rows
 from taxi_mlops.gateway.inference import ModelServerError
 from taxi_mlops.gateway.metrics import GatewayMetrics
 from taxi_mlops.gateway.router import Plan, Router, RoutingPolicy, VariantSpec
@@ -64,6 +65,7 @@ class Predictor:
         self.router = router or Router(default_policy(settings))
         self._shadow_tasks: set[asyncio.Task] = set()
         self.shadow_counts = {"sent": 0, "failed": 0, "skipped": 0}
+        self._breaker = StoreBreaker(settings.feature_store_retry_s)
 
     async def feature_lookup(self):
         """The Feast client, built on first use (a Feast client takes seconds to build)."""
@@ -72,25 +74,50 @@ class Predictor:
                                                   self.settings.request_timeout_s * 5)
         return self._lookup
 
-    async def features_for(self, trip: Trip) -> tuple[dict, list[str]]:
-        return (await self._read_features([trip], self.settings.request_timeout_s))[0]
+    async def features_for(self, trip: Trip, strict: bool = False) -> tuple[dict, list[str], bool]:
+        """(features, names defaulted, degraded) for one trip; ``strict``: a down store raises
+        even with the fallback on (the warm-up must really read it)."""
+        rows, degraded = await self._read_features([trip], self.settings.request_timeout_s, strict)
+        values, defaulted = rows[0]
+        return values, defaulted, degraded
 
-    async def features_for_many(self, trips: list[Trip]) -> list[tuple[dict, list[str]]]:
+    async def features_for_many(self, trips: list[Trip]) -> tuple[list[tuple[dict, list[str]]], bool]:
         """One online read for many trips (batch scoring)."""
         return await self._read_features(trips, self.settings.request_timeout_s * 5)
 
-    async def _read_features(self, trips: list[Trip], timeout_s: float) -> list[tuple[dict, list[str]]]:
-        """Store features (and the names defaulted) per trip, in one online read; a down or
-        slow Redis is ``DependencyDown("feature_store")`` within ``timeout_s``."""
+    async def _read_features(self, trips: list[Trip], timeout_s: float,
+                             strict: bool = False) -> tuple[list[tuple[dict, list[str]]], bool]:
+        """Store features (and the names defaulted) per trip in one online read, and whether
+        they are the fallback. A down or slow Redis is ``DependencyDown("feature_store")``
+        within ``timeout_s``, unless ``feature_store_fallback``: then the trips get the last
+        prior row read, every feature marked defaulted, and the answer is marked degraded;
+        the breaker spares the next requests the wait until the store answers again."""
         keys = [(t.pickup_community_area if t.pickup_community_area is not None else schema.MISSING_AREA,
                  t.company or schema.MISSING_COMPANY) for t in trips]
+        fallback = self.settings.feature_store_fallback and not strict
+        if fallback and not self._breaker.allow():
+            return self._fallback(len(keys)), True
         try:
             lookup = await self.feature_lookup()
-            return await asyncio.wait_for(run_in_threadpool(lookup.lookup_many, keys), timeout_s)
-        except asyncio.TimeoutError as exc:
-            raise DependencyDown("feature_store", "feature store (Redis) timed out") from exc
+            rows = await asyncio.wait_for(run_in_threadpool(lookup.lookup_many, keys), timeout_s)
         except Exception as exc:  # Feast raises many types for a down Redis
-            raise DependencyDown("feature_store", f"feature store unavailable: {exc}") from exc
+            error = (DependencyDown("feature_store", "feature store (Redis) timed out")
+                     if isinstance(exc, asyncio.TimeoutError)
+                     else DependencyDown("feature_store", f"feature store unavailable: {exc}"))
+            if self._breaker.failed() and fallback:
+                log.warning("feature store down: answering with its last prior row, marked degraded",
+                            extra={"error": str(error)[:200], "retry_s": self.settings.feature_store_retry_s})
+            if not fallback:
+                raise error from exc
+            return self._fallback(len(keys)), True
+        if self._breaker.succeeded():
+            log.info("feature store answers again: predictions no longer degraded")
+        return rows, False
+
+    def _fallback(self, count: int) -> list[tuple[dict, list[str]]]:
+        if self._lookup is not None:
+            return self._lookup.fallback(count)
+        return fallback_rows(count)
 
     # ---- carrying out a plan ---------------------------------------------------------------
     async def _answer(self, plan: Plan, request_id: str, rows: list[dict]) -> tuple[list[float], str | None, bool]:
@@ -166,7 +193,7 @@ class Predictor:
         log; ``defer(fn)`` runs ``fn()`` after the response is sent (the shadow mirror)."""
         metrics = self.metrics
         started = time.perf_counter()
-        store_features, defaulted = await self.features_for(trip)
+        store_features, defaulted, degraded = await self.features_for(trip)
         t_features = time.perf_counter()
         inputs = schema.model_inputs(trip.model_dump(), store_features)
         plan = self.router.route(trip.model_dump())
@@ -178,7 +205,7 @@ class Predictor:
         t_log = time.perf_counter()
         with logs.bound(model_version=version, variant=plan.variant):
             prediction = self._finish(trip, request_id, inputs, store_features, defaulted,
-                                      probability, version, latency_ms, plan, fell_back)
+                                      probability, version, latency_ms, plan, fell_back, degraded)
             prediction.routing.shadowed = self._mirror(plan, request_id, trip, inputs,
                                                        prediction.features_used, defer)
         if metrics is not None:
@@ -194,7 +221,7 @@ class Predictor:
         if not trips:
             return []
         started = time.perf_counter()
-        looked_up = await self.features_for_many(trips)
+        looked_up, degraded = await self.features_for_many(trips)
         t_features = time.perf_counter()
         inputs = [schema.model_inputs(t.model_dump(), f) for t, (f, _) in zip(trips, looked_up)]
         plans = [self.router.route(t.model_dump()) for t in trips]
@@ -217,7 +244,7 @@ class Predictor:
             with logs.bound(model_version=version):
                 predictions.append(self._finish(trip, f"{request_id}-{i}", row, store_features,
                                                 defaulted, probability, version, latency_ms,
-                                                plans[i], fell_back))
+                                                plans[i], fell_back, degraded))
         if self.metrics is not None:
             self.metrics.observe_stage("feature_lookup", t_features - started)
             self.metrics.observe_stage("inference", t_inference - t_features)
@@ -226,8 +253,9 @@ class Predictor:
 
     def _finish(self, trip: Trip, request_id: str, inputs: dict, store_features: dict,
                 defaulted: list[str], probability: float, version: str | None,
-                latency_ms: float, plan: Plan, fell_back: bool) -> Prediction:
-        """The answer for one trip, logged and counted."""
+                latency_ms: float, plan: Plan, fell_back: bool, degraded: bool = False) -> Prediction:
+        """The answer for one trip, logged and counted; ``degraded``: its features are the
+        fallback (the store did not answer)."""
         settings = self.settings
         features_used = {**inputs, **{n: store_features[n] for n in realtime.REALTIME_FEATURES}}
         probability = min(max(probability, 0.0), 1.0)
@@ -241,13 +269,16 @@ class Predictor:
             routing=RoutingInfo(policy=plan.policy, variant=plan.variant, target=answered_by,
                                 experiment_id=plan.experiment_id, fallback=fell_back,
                                 sticky=plan.sticky, ensemble=list(plan.ensemble)),
-            features_used=features_used, defaulted_features=defaulted, latency_ms=latency_ms)
+            features_used=features_used, defaulted_features=defaulted, latency_ms=latency_ms,
+            degraded=["feature_store"] if degraded else [])
         self._log(trip, request_id, features_used, version, alias, probability, latency_ms,
                   variant=plan.variant, plan=plan, shadow=False, fallback=fell_back)
         if self.metrics is not None:
             self.metrics.record_prediction(settings.model_name, version, alias or "version",
                                            probability, defaulted)
             self.metrics.record_route(plan.policy, plan.variant, plan.experiment_id)
+            if degraded:
+                self.metrics.record_degraded("feature_store")
         return prediction
 
     def _log(self, trip: Trip, request_id: str, features_used: dict, version: str | None,

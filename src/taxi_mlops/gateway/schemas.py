@@ -142,6 +142,10 @@ class Prediction(BaseModel):
         default_factory=list, description="Store features absent for this entity (unseen area or "
                                           "company), sent to the model as their defaults.")
     latency_ms: float
+    degraded: list[str] = Field(
+        default_factory=list, description="Dependencies that did not answer for this prediction "
+                                          "(\"feature_store\": every feature is the last prior row read, "
+                                          "as for an unseen entity). Empty for a normal answer.")
 
 
 MAX_BATCH = 1000
@@ -186,6 +190,15 @@ class HealthReport(BaseModel):
     status: Literal["ok", "degraded"]
     dependencies: dict[str, dict[str, Any]] = Field(..., description="Per dependency: ok, and where or why not.")
     prediction_log: dict[str, Any] = Field(..., description="The prediction log's counters (best effort).")
+
+
+class Liveness(BaseModel):
+    """GET /health/live: this process answers (no dependency is asked). The supervisor tells
+    the gateway processes sharing the port apart by their pids."""
+
+    status: Literal["alive"]
+    pid: int = Field(..., description="The answering process.")
+    parent_pid: int = Field(..., description="Its parent (the instance's uvicorn master, with several workers).")
 
 
 class BatchResult(BaseModel):

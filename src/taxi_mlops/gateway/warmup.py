@@ -38,7 +38,7 @@ class WarmUp:
     async def once(self) -> None:
         """Feature read, then one inference on every replica, for a sample trip."""
         trip = Trip.model_validate({k: v for k, v in SAMPLE_TRIPS[0].items() if k in Trip.model_fields})
-        features, _ = await self.predictor.features_for(trip)
+        features, _, _ = await self.predictor.features_for(trip, strict=True)
         inputs = schema.model_inputs(trip.model_dump(), features)
         plan = self.predictor.router.route(trip.model_dump())
         await self.inference.warm(WARM_REQUEST_ID, [inputs], plan.target)

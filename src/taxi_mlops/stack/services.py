@@ -187,15 +187,81 @@ def model_server_services(settings: Settings) -> list[Service]:
     return [model_server_service(settings, i) for i in range(settings.model_server_replicas)]
 
 
-def gateway_service(settings: Settings) -> Service:
+def gateway_name(instance: int) -> str:
+    return "gateway" if instance == 0 else f"gateway-{instance}"
+
+
+def gateway_instance_up(settings: Settings, instance: int | str, attempts: int = 16) -> bool:
+    """This instance (not a sibling on the shared port) answers ``/health/live``: the kernel
+    spreads new connections over the listening processes, so a few fresh connections reach
+    each. Its pid comes from the supervisor's pid file; no live pid, not up."""
+    from taxi_mlops.pids import pid_alive
+
+    try:
+        name = instance if isinstance(instance, str) else gateway_name(instance)
+        pid = int((settings.run_dir / f"{name}.pid").read_text().strip())
+    except (OSError, ValueError):
+        return False
+    if not pid_alive(pid):
+        return False
+    url = f"{settings.gateway_url}/health/live"
+    for _ in range(attempts):
+        try:
+            body = httpx.get(url, timeout=PROBE_TIMEOUT_S).json()  # a new connection each time
+        except (httpx.HTTPError, ValueError):
+            return False
+        if pid in (body.get("pid"), body.get("parent_pid")):
+            return True
+    return False
+
+
+def _no_stranger_on_gateway_port(settings: Settings, name: str) -> None:
+    """SO_REUSEPORT would let this instance share the port with another stack's gateway (same
+    user) and split the traffic silently: refuse to start while anything but our own
+    instances answers there."""
+    from taxi_mlops.pids import pid_alive
+    from taxi_mlops.stack.process import ServiceStartError
+
+    ours = set()
+    for n in {name, *(gateway_name(i) for i in range(settings.gateway_instances))}:
+        try:
+            pid = int((settings.run_dir / f"{n}.pid").read_text().strip())
+        except (OSError, ValueError):
+            continue
+        if pid_alive(pid):
+            ours.add(pid)
+    for _ in range(8):
+        try:
+            response = httpx.get(f"{settings.gateway_url}/health/live", timeout=PROBE_TIMEOUT_S)
+            body = response.json() if response.status_code == 200 else {}
+        except httpx.HTTPError:
+            return  # nothing answers: the port is ours to take
+        except ValueError:
+            body = {}
+        if not ours & {body.get("pid"), body.get("parent_pid")}:
+            raise ServiceStartError(name, f"something else already answers at "
+                                    f"{settings.gateway_url} (stop it or choose another port in the "
+                                    "settings)", settings.logs_dir / f"{name}.log")
+
+
+def gateway_service(settings: Settings, instance: int = 0, name: str | None = None) -> Service:
+    """One gateway process; ``gateway_instances`` of them share the port (SO_REUSEPORT).
+    ``name``: another name than the instance's (a second gateway of a test or bench)."""
+    name = name or gateway_name(instance)
     return Service(
-        name="gateway",
+        name=name,
         command=[sys.executable, "-m", "taxi_mlops.gateway"],
-        healthy=lambda: http_ok(f"{settings.gateway_url}/openapi.json"),
+        healthy=lambda: gateway_instance_up(settings, name),
+        prepare=lambda: _no_stranger_on_gateway_port(settings, name),
         url=settings.gateway_url,
         env={**settings.as_env(), **security.mlflow_env(settings)},  # promote, rollback: writes
         details=lambda: {"docs": f"{settings.gateway_url}/docs"},
     )
+
+
+def gateway_services(settings: Settings) -> list[Service]:
+    """Every gateway instance, instance 0 (``gateway``) first."""
+    return [gateway_service(settings, i) for i in range(settings.gateway_instances)]
 
 
 def ui_service(settings: Settings) -> Service:
@@ -270,7 +336,7 @@ def all_services(settings: Settings) -> list[Service]:
                 processor_service(settings, instance=0), label_join_service(settings),
                 prediction_store_service(settings),
                 data_quality_service(settings),
-                *model_server_services(settings), gateway_service(settings),
+                *model_server_services(settings), *gateway_services(settings),
                 ui_service(settings), keeper_service(settings)]
     return [s for s in services if s is not None]
 

@@ -96,7 +96,9 @@ def label_join_service(settings: Settings, window_s: float = 3600.0) -> Service:
         command=[sys.executable, "-m", "taxi_mlops.streaming.label_join", "--window", str(window_s)],
         healthy=lambda: status.healthy(settings, LABEL_JOIN),
         url=f"kafka {topics.LABELS} x {topics.PREDICTIONS} -> {topics.MODEL_METRICS}",
-        env={**settings.as_env(), **security.mlflow_env(settings, security.MLFLOW_READER)},
+        # The admin: an experiment's sequential test decided here promotes or rolls back
+        # (``rollout.ExperimentTracker`` moves the aliases).
+        env={**settings.as_env(), **security.mlflow_env(settings)},
         details=lambda: status.details(settings, LABEL_JOIN, ("phase", "joined", "models", "metrics")),
     )
 

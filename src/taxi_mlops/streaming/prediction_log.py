@@ -8,16 +8,23 @@ count; past the bound a log is dropped and counted, because a gateway that queue
 limit runs out of memory instead of serving. ``counters()`` says what happened.
 
 A prediction log that fails its schema goes to ``taxi.deadletter`` with the reason.
+
+With a ``spool_dir``, every log is first appended to this process's spool (``spool.py``) and
+marked there once Kafka acknowledges it; at start-up the spools of dead processes are sent
+again in the background, so a gateway killed with logs in librdkafka's memory loses none.
 """
 
 from __future__ import annotations
 
+import json
 import logging
+import shutil
 import threading
 import time
+from pathlib import Path
 
 from taxi_mlops.settings import Settings
-from taxi_mlops.streaming import clients, events, topics
+from taxi_mlops.streaming import clients, events, spool, topics
 
 log = logging.getLogger("taxi_mlops.streaming.prediction_log")
 
@@ -25,7 +32,7 @@ log = logging.getLogger("taxi_mlops.streaming.prediction_log")
 class PredictionLogger:
     def __init__(self, bootstrap_servers: str | Settings, topic: str = topics.PREDICTIONS,
                  max_buffer: int = 50_000, message_timeout_s: float = 300.0,
-                 client_id: str = "taxi-gateway-prediction-log"):
+                 client_id: str = "taxi-gateway-prediction-log", spool_dir: Path | None = None):
         from confluent_kafka import Producer
 
         self.topic = topic
@@ -37,11 +44,19 @@ class PredictionLogger:
                "linger.ms": 20}))
         self._lock = threading.Lock()
         self._in_flight = 0
-        self._counts = {"logged": 0, "sent": 0, "dropped": 0, "delivery_errors": 0, "invalid": 0}
+        self._counts = {"logged": 0, "sent": 0, "dropped": 0, "delivery_errors": 0, "invalid": 0,
+                        "recovered": 0, "spool_errors": 0}
         self._last_error: str | None = None
+        self._message_timeout_s = message_timeout_s
         self._closed = threading.Event()
+        self._spool = spool.Spool(spool_dir) if spool_dir is not None else None
         self._thread = threading.Thread(target=self._poll_loop, name="prediction-log-poll", daemon=True)
         self._thread.start()
+        self._recovery = None
+        if spool_dir is not None:
+            self._recovery = threading.Thread(target=self._recover, args=(Path(spool_dir),),
+                                              name="prediction-log-recovery", daemon=True)
+            self._recovery.start()
 
     # ---- the gateway's side ----------------------------------------------------------------
     def log(self, entry: events.PredictionLog | dict) -> bool:
@@ -60,10 +75,12 @@ class PredictionLogger:
                     self._counts["dropped"] += 1
                     return False
                 self._in_flight += 1
+            value = entry.to_bytes()
+            seq = self._spooled(value)
             try:
-                self._producer.produce(self.topic, value=entry.to_bytes(),
+                self._producer.produce(self.topic, value=value,
                                        key=(entry.trip_id or entry.request_id).encode(),
-                                       on_delivery=self._on_delivery)
+                                       on_delivery=lambda err, msg: self._on_delivery(err, msg, seq))
             except BufferError:
                 with self._lock:
                     self._in_flight -= 1
@@ -85,7 +102,9 @@ class PredictionLogger:
 
     def counters(self) -> dict:
         """``logged`` queued, ``sent`` acknowledged, ``buffered`` waiting, ``dropped`` (full or
-        closed), ``delivery_errors`` (gave up after ``message.timeout.ms``), ``invalid`` (dead-lettered)."""
+        closed), ``delivery_errors`` (gave up after ``message.timeout.ms``), ``invalid``
+        (dead-lettered), ``recovered`` (sent again from a dead process's spool),
+        ``spool_errors`` (logs not spooled: a full disk)."""
         with self._lock:
             return {**self._counts, "buffered": self._in_flight, "last_error": self._last_error}
 
@@ -94,7 +113,12 @@ class PredictionLogger:
         self._closed.set()
         self._thread.join(timeout=2.0)
         remaining = self._producer.flush(timeout_s)
-        if remaining:
+        if self._spool is not None:
+            left = self._spool.close()
+            if left:
+                log.warning("%d prediction logs unacknowledged at close (broker down?); kept in "
+                            "%s for the next gateway start to send", left, self._spool.dir)
+        elif remaining:
             log.warning("%d prediction logs still unsent at close (broker down?); they are lost",
                         remaining)
         return remaining
@@ -104,7 +128,20 @@ class PredictionLogger:
         with self._lock:
             self._counts[name] += 1
 
-    def _on_delivery(self, err, msg) -> None:
+    def _spooled(self, value: bytes) -> int | None:
+        """Append to the spool before producing; a spool that cannot be written costs the
+        durability of this one log, never the request."""
+        if self._spool is None:
+            return None
+        try:
+            return self._spool.append(value)
+        except OSError as exc:
+            with self._lock:
+                self._counts["spool_errors"] += 1
+                self._last_error = f"spool: {exc}"
+            return None
+
+    def _on_delivery(self, err, msg, seq: int | None = None) -> None:
         if msg.topic() != self.topic:
             return  # a dead letter's report
         with self._lock:
@@ -114,6 +151,59 @@ class PredictionLogger:
             else:
                 self._counts["delivery_errors"] += 1
                 self._last_error = str(err)
+        if err is None and seq is not None:
+            try:
+                self._spool.acknowledged(seq)
+            except OSError as exc:  # at worst the record is sent again by the next start
+                self._last_error = f"spool: {exc}"
+
+    def _recover(self, root: Path) -> None:
+        """Send what dead processes' spools hold unacknowledged; a folder goes once Kafka
+        has all of it (else it stays claimed, for the next start to try again)."""
+        for folder in spool.claim_orphans(root):
+            values = spool.unacknowledged(folder)
+            outcome = {"sent": 0, "failed": []}
+            all_reported = threading.Event()
+            lock = threading.Lock()
+
+            def done(err, _msg, outcome=outcome, total=len(values)):
+                with lock:
+                    if err is None:
+                        outcome["sent"] += 1
+                    else:
+                        outcome["failed"].append(str(err))
+                    if outcome["sent"] + len(outcome["failed"]) >= total:
+                        all_reported.set()
+
+            if not values:
+                all_reported.set()
+            for value in values:
+                try:
+                    record = json.loads(value)
+                    key = str(record.get("trip_id") or record.get("request_id") or "").encode()
+                except (ValueError, AttributeError):
+                    key = b""
+                while not self._closed.is_set():
+                    try:
+                        self._producer.produce(self.topic, value=value, key=key, on_delivery=done)
+                        break
+                    except BufferError:  # the queue is full: let deliveries drain it
+                        time.sleep(0.05)
+            all_reported.wait(self._message_timeout_s + 5)
+            if outcome["sent"] < len(values):
+                log.warning("prediction logs of a dead gateway not all re-sent; kept in %s for the "
+                            "next start", folder, extra={"values": len(values), "sent": outcome["sent"],
+                                                        "errors": outcome["failed"][:3]})
+                continue
+            shutil.rmtree(folder, ignore_errors=True)
+            self._count_n("recovered", len(values))
+            if values:
+                log.info("re-sent %d prediction logs a killed gateway had not had acknowledged",
+                         len(values), extra={"spool": str(folder)})
+
+    def _count_n(self, name: str, n: int) -> None:
+        with self._lock:
+            self._counts[name] += n
 
     def _dead_letter(self, entry, exc: events.EventDecodeError) -> None:
         import json
