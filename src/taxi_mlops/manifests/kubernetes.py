@@ -2,8 +2,10 @@
 
 Facts come from their owners: ports and names from ``Settings``, topics from
 ``streaming/topics.py``, alert rules from ``deploy/prometheus/rules``, dashboards from
-``deploy/grafana/dashboards``. Secrets (Redis and PostgreSQL passwords, the admin token) are
-read from the Secret ``taxi-secrets``, which is created out of band and never committed.
+``deploy/grafana/dashboards``. Secrets (Redis and PostgreSQL passwords, the admin token,
+MLflow's users: ``SECRET_KEYS``) are read from the Secret ``taxi-secrets``, which is created
+out of band and never committed. Containers bind on 0.0.0.0 and reach each peer by its Service
+name (``peers``: Settings' ``*_host`` fields). ``redis_cluster_nodes`` renders a Redis Cluster.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import json
 
 import yaml
 
+from taxi_mlops import security
 from taxi_mlops.manifests import common
 from taxi_mlops.settings import Settings
 from taxi_mlops.streaming import topics as topic_defs
@@ -26,18 +29,67 @@ def _secret(key: str) -> dict:
     return {"valueFrom": {"secretKeyRef": {"name": common.SECRET, "key": key}}}
 
 
-def platform_env(settings: Settings) -> list[dict]:
-    """Our Settings as seen inside the cluster: bind everywhere, the peers by Service name."""
-    return [
-        {"name": "TAXI_HOST", "value": "0.0.0.0"},
-        {"name": "TAXI_STATE_DIR", "value": common.STATE_IN_CONTAINER},
-        {"name": "TAXI_MLFLOW_EXTERNAL_URI", "value": f"http://mlflow:{settings.mlflow_port}"},
-        {"name": "KAFKA_BOOTSTRAP_SERVERS", "value": f"{KAFKA_CLUSTER}-kafka-bootstrap:9092"},
-        {"name": "TAXI_PROMETHEUS_EXTERNAL_URL", "value": "http://prometheus-operated:9090"},
-        {"name": "TAXI_MODEL_NAME", "value": settings.model_name},
-        {"name": "TAXI_REDIS_PASSWORD", **_secret("redis-password")},
-        {"name": "TAXI_ADMIN_TOKEN", **_secret("admin-token")},
-    ]
+# What the cluster must provide besides these manifests: the kube-prometheus-stack's operator
+# makes these Services for its Prometheus and Alertmanager (ServiceMonitors: release=prometheus).
+MONITORING_SERVICES = {"prometheus-operated": 9090, "alertmanager-operated": 9093}
+PUSHGATEWAY_PORT = 9091
+PREDICTOR_PORT = 8080  # the model server's container port in a KServe predictor
+KNATIVE_PORT = 80  # where Knative serves a predictor (Serverless mode)
+SERVED = "taxi-tips"  # the InferenceService the gateway calls (its canary split included)
+# Keys of the Secret taxi-secrets (created out of band, never committed).
+SECRET_KEYS = ("redis-password", "postgres-password", "admin-token", "feast-redis",
+               "mlflow-admin-username", "mlflow-admin-password", "mlflow-reader-password")
+
+
+def predictor_host(isvc: str) -> str:
+    """A KServe predictor's cluster-local URL host (Knative's documented form,
+    ``<name>.<namespace>.svc.cluster.local``; the ingress routes by it). The namespace is the
+    overlay's: it comes in through the downward API (``POD_NAMESPACE``)."""
+    return f"{isvc}-predictor.$(POD_NAMESPACE).svc.cluster.local"
+
+
+def peers(settings: Settings) -> list[dict]:
+    """Bind everywhere (TAXI_HOST), connect to each peer by its Service name: ``host`` is
+    0.0.0.0 here, no address to connect to (Settings' ``*_host`` fields)."""
+    s = settings
+    pairs = [("TAXI_HOST", "0.0.0.0"), ("TAXI_STATE_DIR", common.STATE_IN_CONTAINER),
+             ("TAXI_MLFLOW_EXTERNAL_URI", f"http://mlflow:{s.mlflow_port}"),
+             ("KAFKA_BOOTSTRAP_SERVERS", f"{KAFKA_CLUSTER}-kafka-bootstrap:9092"),
+             ("TAXI_PROMETHEUS_EXTERNAL_URL", f"http://prometheus-operated:{MONITORING_SERVICES['prometheus-operated']}"),
+             ("TAXI_REDIS_HOST", "redis"), ("TAXI_REDIS_PORT", str(s.redis_port)),
+             *([("TAXI_REDIS_CLUSTER_NODES", str(s.redis_cluster_nodes))] if s.redis_cluster_nodes else []),
+             ("TAXI_MODEL_SERVER_HOST", predictor_host(SERVED)), ("TAXI_MODEL_SERVER_PORT", str(KNATIVE_PORT)),
+             ("TAXI_GATEWAY_HOST", "gateway"), ("TAXI_GATEWAY_PORT", str(s.gateway_port)),
+             ("TAXI_ALERTMANAGER_HOST", "alertmanager-operated"),
+             ("TAXI_ALERTMANAGER_PORT", str(MONITORING_SERVICES["alertmanager-operated"])),
+             ("TAXI_PUSHGATEWAY_HOST", "pushgateway"), ("TAXI_PUSHGATEWAY_PORT", str(PUSHGATEWAY_PORT)),
+             ("TAXI_ALERT_RECEIVER_HOST", "alert-receiver"), ("TAXI_ALERT_RECEIVER_PORT", str(s.alert_receiver_port)),
+             ("TAXI_MODEL_NAME", s.model_name)]
+    return [{"name": "POD_NAMESPACE", "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}},
+            *({"name": k, "value": v} for k, v in pairs)]
+
+
+def mlflow_login(settings: Settings, role: str | None) -> list[dict]:
+    """MLflow's login for a service, as ``stack/services.py`` gives it locally: writers the
+    admin, readers the read-only user; the password from the Secret. Both as Settings
+    (TAXI_MLFLOW_*: our raw REST calls) and as the mlflow library's variables."""
+    if role is None:
+        return []
+    admin = role == security.MLFLOW_ADMIN
+    name = settings.mlflow_admin_username if admin else settings.mlflow_reader_username
+    key = "mlflow-admin-password" if admin else "mlflow-reader-password"
+    field = "TAXI_MLFLOW_ADMIN" if admin else "TAXI_MLFLOW_READER"
+    return [{"name": f"{field}_USERNAME", "value": name}, {"name": f"{field}_PASSWORD", **_secret(key)},
+            {"name": "MLFLOW_TRACKING_USERNAME", "value": name}, {"name": "MLFLOW_TRACKING_PASSWORD", **_secret(key)}]
+
+
+def platform_env(settings: Settings, mlflow_role: str | None = None) -> list[dict]:
+    """Our Settings as seen inside the cluster: the peers, the Redis password, the admin
+    token, and the MLflow login of ``mlflow_role`` (None: none)."""
+    return [*peers(settings),
+            {"name": "TAXI_REDIS_PASSWORD", **_secret("redis-password")},
+            {"name": "TAXI_ADMIN_TOKEN", **_secret("admin-token")},
+            *mlflow_login(settings, mlflow_role)]
 
 
 def _resources(cpu: str, memory: str, cpu_limit: str, memory_limit: str) -> dict:
@@ -65,11 +117,11 @@ def _service(name: str, port: int, job: str | None = None, port_name: str = "htt
 
 
 def _deployment(settings: Settings, name: str, command: list[str], port: int, ready: str, live: str,
-                resources: dict, replicas: int = 1) -> dict:
+                resources: dict, replicas: int = 1, mlflow_role: str | None = None) -> dict:
     pod_sc, c_sc = _security()
     container = {
         "name": name, "image": common.PLATFORM_IMAGE, "command": command,
-        "env": platform_env(settings), "ports": [{"name": "http", "containerPort": port}],
+        "env": platform_env(settings, mlflow_role), "ports": [{"name": "http", "containerPort": port}],
         "readinessProbe": _probe(ready, port), "livenessProbe": {**_probe(live, port, 20), "initialDelaySeconds": 30},
         "resources": resources, "securityContext": c_sc,
         "volumeMounts": [{"name": "state", "mountPath": common.STATE_IN_CONTAINER},
@@ -84,24 +136,35 @@ def _deployment(settings: Settings, name: str, command: list[str], port: int, re
 
 
 def platform(settings: Settings) -> list[dict]:
-    """Gateway, stream processor, label join and UI: Deployment + Service each."""
+    """Gateway, stream processor, label join, data quality, alert receiver and UI: Deployment +
+    Service each, each with the MLflow login ``stack/services.py`` gives it locally."""
     py = ["python", "-m"]
     small = _resources("100m", "256Mi", "1", "1Gi")
     specs = [
-        ("gateway", py + ["taxi_mlops.gateway"], settings.gateway_port, "/health", "/openapi.json",
-         _resources("250m", "512Mi", "2", "2Gi"), "gateway"),
+        # Ready and live on /health/live (the process serves; it listens only once warm): with
+        # Redis down /health is 503 but /predict still answers degraded, so readiness on it
+        # would pull every gateway pod out of the Service at once.
+        ("gateway", py + ["taxi_mlops.gateway"], settings.gateway_port, "/health/live", "/health/live",
+         _resources("250m", "512Mi", "2", "2Gi"), "gateway", security.MLFLOW_ADMIN),  # promote, rollback
         ("stream-processor", py + ["taxi_mlops.streaming.processor", "--instance", "0"],
-         settings.processor_metrics_port, "/metrics", "/metrics", small, "stream_processor"),
+         settings.processor_metrics_port, "/metrics", "/metrics", small, "stream_processor", None),
+        # The admin: an experiment's sequential test decided here promotes or rolls back.
         ("label-join", py + ["taxi_mlops.streaming.label_join"], settings.label_join_metrics_port,
-         "/metrics", "/metrics", small, "label_join"),
+         "/metrics", "/metrics", small, "label_join", security.MLFLOW_ADMIN),
+        ("data-quality", py + ["taxi_mlops.streaming.quality"], settings.quality_metrics_port,
+         "/metrics", "/metrics", small, "data_quality", security.MLFLOW_READER),
+        # Alertmanager's webhook target; the admin: a retrain it starts registers a model.
+        ("alert-receiver", py + ["taxi_mlops.observability.receiver"], settings.alert_receiver_port,
+         "/health", "/health", small, "alert_receiver", security.MLFLOW_ADMIN),
         ("ui", py + ["streamlit", "run", "/app/src/taxi_mlops/ui/app.py", "--server.headless", "true",
                      "--server.address", "0.0.0.0", "--server.port", str(settings.ui_port),
                      "--browser.gatherUsageStats", "false", "--client.showErrorDetails", "none"],
-         settings.ui_port, "/_stcore/health", "/_stcore/health", small, None),
+         settings.ui_port, "/_stcore/health", "/_stcore/health", small, None, security.MLFLOW_READER),
     ]
     docs = []
-    for name, command, port, ready, live, res, job in specs:
-        docs += [_deployment(settings, name, command, port, ready, live, res), _service(name, port, job)]
+    for name, command, port, ready, live, res, job, role in specs:
+        docs += [_deployment(settings, name, command, port, ready, live, res, mlflow_role=role),
+                 _service(name, port, job)]
     return docs
 
 
@@ -109,16 +172,18 @@ def _predictor(settings: Settings, alias: str, canary: int | None) -> dict:
     """A custom predictor running our KServe model server on our image; it loads the version
     holding ``alias`` from the MLflow registry (the same code as the local stack)."""
     _, c_sc = _security()
-    env = [e for e in platform_env(settings) if e["name"] != "TAXI_ADMIN_TOKEN"]
-    env += [{"name": "TAXI_MODEL_SERVER_PORT", "value": "8080"}, {"name": "TAXI_SERVING_ALIAS", "value": alias}]
+    env = [e for e in platform_env(settings, security.MLFLOW_READER)  # it only reads the registry
+           if e["name"] not in ("TAXI_ADMIN_TOKEN", "TAXI_MODEL_SERVER_PORT")]
+    env += [{"name": "TAXI_MODEL_SERVER_PORT", "value": str(PREDICTOR_PORT)},
+            {"name": "TAXI_SERVING_ALIAS", "value": alias}]
     predictor = {
         "minReplicas": 1, "maxReplicas": 3,
         "containers": [{
             "name": "kserve-container", "image": common.PLATFORM_IMAGE,
             "command": ["python", "-m", "taxi_mlops.serving.model_server"], "env": env,
-            "ports": [{"containerPort": 8080, "protocol": "TCP"}],
-            "readinessProbe": _probe(f"/v2/models/{settings.model_name}/ready", 8080),
-            "livenessProbe": {**_probe("/v2/health/live", 8080, 20), "initialDelaySeconds": 30},
+            "ports": [{"containerPort": PREDICTOR_PORT, "protocol": "TCP"}],
+            "readinessProbe": _probe(f"/v2/models/{settings.model_name}/ready", PREDICTOR_PORT),
+            "livenessProbe": {**_probe("/v2/health/live", PREDICTOR_PORT, 20), "initialDelaySeconds": 30},
             "resources": _resources("500m", "1Gi", "2", "4Gi"), "securityContext": c_sc}],
     }
     if canary is not None:
@@ -134,7 +199,7 @@ def serving(settings: Settings) -> list[dict]:
     isvc = [{"apiVersion": "serving.kserve.io/v1beta1", "kind": "InferenceService",
              "metadata": {"name": name, "annotations": mode, "labels": {LABEL: name}},
              "spec": {"predictor": _predictor(settings, alias, canary)}}
-            for name, alias, canary in (("taxi-tips", "champion", 10), ("taxi-tips-challenger", "challenger", None))]
+            for name, alias, canary in ((SERVED, "champion", 10), (f"{SERVED}-challenger", "challenger", None))]
     graph = {"apiVersion": "serving.kserve.io/v1alpha1", "kind": "InferenceGraph",
              "metadata": {"name": "taxi-tips-ab"},
              "spec": {"nodes": {"root": {"routerType": "Splitter", "steps": [
@@ -212,8 +277,14 @@ def _stateful(name: str, image: str, port: int, args: list[str], env: list[dict]
             _service(name, port, port_name="main")]
 
 
+REDIS_CLUSTER = "redis-cluster"  # the StatefulSet and its headless Service (pod DNS names)
+
+
 def redis(settings: Settings) -> list[dict]:
-    """Redis with a password and an append-only file, as the local stack runs it."""
+    """Redis with a password and an append-only file, as the local stack runs it; a Redis
+    Cluster of ``redis_cluster_nodes`` masters when that is set."""
+    if settings.redis_cluster_nodes:
+        return redis_cluster(settings)
     probe = {"exec": {"command": ["sh", "-c", 'redis-cli -a "$REDIS_PASSWORD" --no-auth-warning ping']},
              "periodSeconds": 10, "timeoutSeconds": 2}
     return _stateful("redis", common.REDIS_IMAGE, settings.redis_port,
@@ -221,6 +292,76 @@ def redis(settings: Settings) -> list[dict]:
                                   "--appendonly yes --appendfsync everysec --dir /data"],
                      [{"name": "REDIS_PASSWORD", **_secret("redis-password")}], "/data", probe,
                      _resources("100m", "256Mi", "1", "1Gi"), 999)
+
+
+def redis_cluster(settings: Settings) -> list[dict]:
+    """``redis_cluster_nodes`` masters (a StatefulSet, ``Parallel``: the create Job needs them
+    all) and the Job that joins them, as ``up --redis-cluster N`` does: Redis's own
+    ``redis-cli --cluster create`` (slots split evenly, no replicas), skipped when the cluster
+    is already ``ok``. Each node keeps ``nodes.conf`` on its volume and announces its pod DNS
+    name, so a restarted pod (a new IP) rejoins. The password reaches redis-server through a
+    config file (mode 0600), redis-cli through ``REDISCLI_AUTH``; never an argument.
+
+    Clients keep the local layout (``Settings.redis_node_ports``: node i on redis_port + i):
+    the Service ``redis`` has one port per node, each forwarding to a node's ``redis_port``;
+    any of them bootstraps a cluster client, which then follows the cluster's slot map (pod
+    DNS names)."""
+    n, port = settings.redis_cluster_nodes, settings.redis_port
+    bus = port + 10000
+    auth = [{"name": "REDIS_PASSWORD", **_secret("redis-password")},
+            {"name": "REDISCLI_AUTH", **_secret("redis-password")}]
+    start = ("umask 077; printf 'requirepass %s\\nmasterauth %s\\n' \"$REDIS_PASSWORD\" \"$REDIS_PASSWORD\" "
+             "> /tmp/redis.conf; exec redis-server /tmp/redis.conf "
+             f"--port {port} --cluster-enabled yes --cluster-config-file /data/nodes.conf "
+             "--cluster-node-timeout 5000 --cluster-announce-hostname \"$(hostname)." + REDIS_CLUSTER + "\" "
+             "--cluster-preferred-endpoint-type hostname --appendonly yes --appendfsync everysec --dir /data")
+    probe = {"exec": {"command": ["redis-cli", "-p", str(port), "ping"]}, "periodSeconds": 10, "timeoutSeconds": 2}
+    (sts, _) = _stateful(REDIS_CLUSTER, common.REDIS_IMAGE, port, ["sh", "-c", start], auth, "/data", probe,
+                         _resources("100m", "256Mi", "1", "1Gi"), 999)
+    sts["spec"] |= {"replicas": n, "podManagementPolicy": "Parallel"}
+    pod = sts["spec"]["template"]["spec"]
+    pod["containers"][0]["ports"].append({"name": "bus", "containerPort": bus})
+    pod["containers"][0]["volumeMounts"].append({"name": "tmp", "mountPath": "/tmp"})
+    pod["volumes"] = [{"name": "tmp", "emptyDir": {}}]
+    selector = {LABEL: REDIS_CLUSTER}
+    headless = {"apiVersion": "v1", "kind": "Service", "metadata": {"name": REDIS_CLUSTER, "labels": {**selector}},
+                "spec": {"clusterIP": "None", "publishNotReadyAddresses": True, "selector": {**selector},
+                         "ports": [{"name": "main", "port": port, "targetPort": port},
+                                   {"name": "bus", "port": bus, "targetPort": bus}]}}
+    clients = {"apiVersion": "v1", "kind": "Service", "metadata": {"name": "redis", "labels": {LABEL: "redis"}},
+               "spec": {"selector": {**selector}, "ports": [
+                   {"name": "main" if i == 0 else f"main-{i}", "port": p, "targetPort": port}
+                   for i, p in enumerate(settings.redis_node_ports)]}}
+    return [sts, headless, clients, redis_cluster_job(settings)]
+
+
+def redis_cluster_job(settings: Settings) -> dict:
+    """``redis-cli --cluster create`` on every node once all answer; a no-op on a cluster
+    that is already ``ok`` (a re-applied Job)."""
+    n, port = settings.redis_cluster_nodes, settings.redis_port
+    hosts = [f"{REDIS_CLUSTER}-{i}.{REDIS_CLUSTER}" for i in range(n)]
+    script = "\n".join([
+        "set -e",
+        f"for h in {' '.join(hosts)}; do",
+        f"  until redis-cli -h \"$h\" -p {port} ping 2>/dev/null | grep -q PONG; do sleep 2; done",
+        "done",
+        f"if redis-cli -h {hosts[0]} -p {port} cluster info | grep -q '^cluster_state:ok'; then",
+        "  echo 'the Redis Cluster exists'; exit 0",
+        "fi",
+        f"exec redis-cli --cluster create {' '.join(f'{h}:{port}' for h in hosts)} "
+        "--cluster-replicas 0 --cluster-yes",
+    ])
+    pod_sc = {"runAsNonRoot": True, "runAsUser": 999, "runAsGroup": 999, "seccompProfile": {"type": "RuntimeDefault"}}
+    c_sc = {"allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True, "capabilities": {"drop": ["ALL"]}}
+    container = {"name": "create", "image": common.REDIS_IMAGE, "command": ["sh", "-c", script],
+                 "env": [{"name": "REDISCLI_AUTH", **_secret("redis-password")}],
+                 "resources": _resources("50m", "64Mi", "500m", "256Mi"), "securityContext": c_sc}
+    name = f"{REDIS_CLUSTER}-create"
+    return {"apiVersion": "batch/v1", "kind": "Job", "metadata": {"name": name, "labels": {LABEL: name}},
+            "spec": {"backoffLimit": 6, "activeDeadlineSeconds": 900,
+                     "template": {"metadata": {"labels": {LABEL: name}},
+                                  "spec": {"restartPolicy": "OnFailure", "securityContext": pod_sc,
+                                           "containers": [container]}}}}
 
 
 def mlflow(settings: Settings) -> list[dict]:
@@ -235,19 +376,44 @@ def mlflow(settings: Settings) -> list[dict]:
                          "/var/lib/postgresql/data", pg_probe, _resources("100m", "256Mi", "1", "1Gi"), 999)
     postgres[0]["spec"]["template"]["spec"]["containers"][0].pop("args")
     port = settings.mlflow_port
-    server = _deployment(settings, "mlflow", ["sh", "-c",
-        "exec python -m mlflow server --host 0.0.0.0 --port " + str(port) +
-        ' --backend-store-uri "postgresql://mlflow:${POSTGRES_PASSWORD}@postgres:5432/mlflow"'
-        f" --artifacts-destination {common.STATE_IN_CONTAINER}/mlflow-artifacts --workers 2"],
+    backend = "postgresql://mlflow:$(POSTGRES_PASSWORD)@postgres:5432/mlflow"  # expanded by the kubelet
+    server = _deployment(settings, "mlflow", [
+        "python", "-m", common.MLFLOW_ENTRY, "serve", "--host", "0.0.0.0", "--port", str(port),
+        *common.MLFLOW_AUTH_APP, "--artifacts-destination", f"{common.STATE_IN_CONTAINER}/mlflow-artifacts",
+        "--workers", "2", "--expose-prometheus", "/tmp/mlflow-metrics"],
         port, "/health", "/health", _resources("250m", "512Mi", "2", "2Gi"))
     container = server["spec"]["template"]["spec"]["containers"][0]
-    container["env"] = [{"name": "POSTGRES_PASSWORD", **_secret("postgres-password")},
+    # The backend URI holds PostgreSQL's password: a variable, not an argument. The admin's
+    # password reaches MLflow through the auth config mlflow_server.py writes (mode 0600).
+    container["env"] = [*peers(settings), {"name": "POSTGRES_PASSWORD", **_secret("postgres-password")},
+                        {"name": "MLFLOW_BACKEND_STORE_URI", "value": backend},
+                        {"name": "TAXI_MLFLOW_BACKEND_URI", "value": backend},
+                        {"name": "TAXI_MLFLOW_ADMIN_USERNAME", "value": settings.mlflow_admin_username},
+                        {"name": "TAXI_MLFLOW_ADMIN_PASSWORD", **_secret("mlflow-admin-password")},
                         {"name": "MLFLOW_SERVER_ENABLE_JOB_EXECUTION", "value": "false"}]
     server["spec"]["template"]["spec"]["volumes"][0] = {"name": "state", "persistentVolumeClaim": {
         "claimName": "mlflow-artifacts"}}
     pvc = {"apiVersion": "v1", "kind": "PersistentVolumeClaim", "metadata": {"name": "mlflow-artifacts"},
            "spec": {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "20Gi"}}}}
-    return postgres + [pvc, server, _service("mlflow", port, "mlflow")]
+    return postgres + [pvc, server, _service("mlflow", port, "mlflow"), mlflow_users_job(settings)]
+
+
+def mlflow_users_job(settings: Settings) -> dict:
+    """The read-only user, made by the admin through MLflow's API as ``up`` does
+    (``ensure_mlflow_reader``, idempotent); the Job retries until MLflow answers. After a
+    password change in the Secret: delete the Job and apply again."""
+    pod_sc, c_sc = _security()
+    env = [*peers(settings), *mlflow_login(settings, security.MLFLOW_ADMIN),
+           {"name": "TAXI_MLFLOW_READER_USERNAME", "value": settings.mlflow_reader_username},
+           {"name": "TAXI_MLFLOW_READER_PASSWORD", **_secret("mlflow-reader-password")}]
+    container = {"name": "mlflow-users", "image": common.PLATFORM_IMAGE,
+                 "command": ["python", "-m", common.MLFLOW_ENTRY, "users"], "env": env,
+                 "resources": _resources("50m", "128Mi", "500m", "512Mi"), "securityContext": c_sc,
+                 "volumeMounts": [{"name": "tmp", "mountPath": "/tmp"}]}
+    return {"apiVersion": "batch/v1", "kind": "Job", "metadata": {"name": "mlflow-users", "labels": {LABEL: "mlflow-users"}},
+            "spec": {"backoffLimit": 10, "template": {"metadata": {"labels": {LABEL: "mlflow-users"}},
+                     "spec": {"restartPolicy": "OnFailure", "securityContext": pod_sc, "containers": [container],
+                              "volumes": [{"name": "tmp", "emptyDir": {}}]}}}}
 
 
 def rule_groups() -> dict[str, list]:
@@ -255,21 +421,54 @@ def rule_groups() -> dict[str, list]:
     return {p.stem: yaml.safe_load(p.read_text())["groups"] for p in sorted(common.RULES_DIR.glob("*.yml"))}
 
 
+def _endpoint(settings: Settings, **extra) -> dict:
+    return {"port": "http", "path": "/metrics", "interval": f"{settings.scrape_interval_s:g}s", **extra,
+            "relabelings": [{"sourceLabels": [f"__meta_kubernetes_service_label_{JOB_LABEL.replace('/', '_').replace('-', '_')}"],
+                             "targetLabel": "component"}]}
+
+
+def _monitor(name: str, selector: dict, endpoint: dict) -> dict:
+    return {"apiVersion": "monitoring.coreos.com/v1", "kind": "ServiceMonitor",
+            "metadata": {"name": name, "labels": {"release": "prometheus"}},
+            "spec": {"jobLabel": JOB_LABEL, "selector": selector, "endpoints": [endpoint]}}
+
+
+def pushgateway(settings: Settings) -> list[dict]:
+    """The Pushgateway a pipeline run pushes its metrics to (kube-prometheus-stack has none)."""
+    pod_sc, c_sc = _security()
+    pod_sc = {**pod_sc, "runAsUser": 65534, "runAsGroup": 65534, "fsGroup": 65534}  # the image's nobody
+    container = {"name": "pushgateway", "image": common.PUSHGATEWAY_IMAGE,
+                 "ports": [{"name": "http", "containerPort": PUSHGATEWAY_PORT}],
+                 "readinessProbe": _probe("/-/ready", PUSHGATEWAY_PORT),
+                 "livenessProbe": {**_probe("/-/healthy", PUSHGATEWAY_PORT, 20), "initialDelaySeconds": 10},
+                 "resources": _resources("50m", "64Mi", "500m", "256Mi"), "securityContext": c_sc}
+    labels = {LABEL: "pushgateway"}
+    return [{"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "pushgateway", "labels": {**labels}},
+             "spec": {"replicas": 1, "selector": {"matchLabels": {**labels}},
+                      "template": {"metadata": {"labels": {**labels}},
+                                   "spec": {"securityContext": pod_sc, "containers": [container]}}}},
+            _service("pushgateway", PUSHGATEWAY_PORT, "pushgateway")]
+
+
 def monitoring(settings: Settings) -> list[dict]:
-    """A ServiceMonitor for every Service with a job label, and one PrometheusRule per rule file.
+    """ServiceMonitors for every Service with a job label, and one PrometheusRule per rule file.
     ``jobLabel`` keeps the job names our rules select on (``stream_processor``, not the
-    Service's DNS name)."""
-    monitor = {"apiVersion": "monitoring.coreos.com/v1", "kind": "ServiceMonitor",
-               "metadata": {"name": "taxi-mlops", "labels": {"release": "prometheus"}},
-               "spec": {"jobLabel": JOB_LABEL, "selector": {"matchExpressions": [
-                   {"key": JOB_LABEL, "operator": "Exists"}]},
-                   "endpoints": [{"port": "http", "path": "/metrics", "interval": f"{settings.scrape_interval_s:g}s",
-                                  "relabelings": [{"sourceLabels": [f"__meta_kubernetes_service_label_{JOB_LABEL.replace('/', '_').replace('-', '_')}"],
-                                                   "targetLabel": "component"}]}]}}
+    Service's DNS name). Two need their own: MLflow's /metrics is admins-only behind its auth
+    app (Prometheus logs in as the admin, from the Secret, as the local stack does), and the
+    Pushgateway's pushed job labels are kept (``honorLabels``, as locally)."""
+    special = ["mlflow", "pushgateway"]
+    ours = _monitor("taxi-mlops", {"matchExpressions": [
+        {"key": JOB_LABEL, "operator": "Exists"}, {"key": LABEL, "operator": "NotIn", "values": special}]},
+        _endpoint(settings))
+    login = {"username": {"name": common.SECRET, "key": "mlflow-admin-username"},
+             "password": {"name": common.SECRET, "key": "mlflow-admin-password"}}
+    mlflow_monitor = _monitor("taxi-mlflow", {"matchLabels": {LABEL: "mlflow"}}, _endpoint(settings, basicAuth=login))
+    push_monitor = _monitor("taxi-pushgateway", {"matchLabels": {LABEL: "pushgateway"}},
+                            _endpoint(settings, honorLabels=True))
     rules = [{"apiVersion": "monitoring.coreos.com/v1", "kind": "PrometheusRule",
               "metadata": {"name": f"taxi-{stem}", "labels": {"release": "prometheus"}},
               "spec": {"groups": groups}} for stem, groups in rule_groups().items()]
-    return [monitor, *rules]
+    return [*pushgateway(settings), ours, mlflow_monitor, push_monitor, *rules]
 
 
 def dashboards(settings: Settings) -> list[dict]:

@@ -28,6 +28,7 @@ def tree(settings: Settings) -> dict[str, str]:
         files[f"k8s/overlays/{name}/kustomization.yaml"] = dump([kubernetes.kustomization_overlay(name)])
     files["compose/compose.yaml"] = dump([compose.compose(settings)])
     files["compose/prometheus.yml"] = dump([compose.prometheus_config(settings)])
+    files["compose/alertmanager.yml"] = dump([compose.alertmanager_config(settings)])
     return files
 
 

@@ -37,6 +37,8 @@ _METADATA = {"type": "object", "properties": {"name": {"type": "string"}, "names
 _RULE = _strict({"alert": {"type": "string"}, "record": {"type": "string"}, "expr": {"type": "string"},
                  "for": {"type": "string"}, "keep_firing_for": {"type": "string"}, "labels": _STR_MAP,
                  "annotations": _STR_MAP}, ["expr"])
+_SECRET_KEY = _strict({"name": {"type": "string"}, "key": {"type": "string"}, "optional": {"type": "boolean"}},
+                      ["name", "key"])
 # The Prometheus Operator fields we use (monitoring.coreos.com/v1), strict like the CRD schemas.
 MONITORING_SCHEMAS = {
     "PrometheusRule": _strict({"apiVersion": {"const": "monitoring.coreos.com/v1"}, "kind": {"const": "PrometheusRule"},
@@ -52,6 +54,10 @@ MONITORING_SCHEMAS = {
                                                 "endpoints": {"type": "array", "items": _strict(
                                                     {"port": {"type": "string"}, "path": {"type": "string"},
                                                      "interval": {"type": "string"},
+                                                     "honorLabels": {"type": "boolean"},
+                                                     "basicAuth": _strict({"username": _SECRET_KEY,
+                                                                           "password": _SECRET_KEY},
+                                                                          ["username", "password"]),
                                                      "relabelings": {"type": "array", "items": _strict(
                                                          {"sourceLabels": {"type": "array"},
                                                           "targetLabel": {"type": "string"}})}})}},
