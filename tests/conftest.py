@@ -36,6 +36,50 @@ def free_port_pair() -> int:
     raise RuntimeError("no two consecutive free ports")
 
 
+def _pg_bin(name: str) -> str:
+    import glob
+    import shutil
+
+    found = shutil.which(name) or next(iter(sorted(glob.glob(f"/usr/lib/postgresql/*/bin/{name}"))), None)
+    assert found, f"{name} not found: `make install` installs Debian's postgresql"
+    return found
+
+
+@pytest.fixture(scope="session")
+def postgres():
+    """A throwaway PostgreSQL cluster on a free port (run as the 'postgres' user when root),
+    started on first use; ``postgres(name)`` creates database ``name`` and returns its URI."""
+    import shutil
+    import subprocess
+    import tempfile
+
+    root = Path(tempfile.mkdtemp(prefix="taxi-pg-"))
+    data, sock = root / "data", root / "sock"
+    sock.mkdir()
+    as_user = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
+    if as_user:
+        shutil.chown(root, "postgres")
+        shutil.chown(sock, "postgres")
+    port = free_port()
+    subprocess.run([*as_user, _pg_bin("initdb"), "-D", str(data), "-A", "trust", "-U", "postgres"],
+                   check=True, capture_output=True, timeout=120)
+    subprocess.run([*as_user, _pg_bin("pg_ctl"), "-D", str(data), "-w", "-t", "60", "-l", str(root / "pg.log"),
+                    "-o", f"-p {port} -k {sock} -c listen_addresses=127.0.0.1", "start"],
+                   check=True, capture_output=True, timeout=90)
+
+    def database(name: str) -> str:
+        subprocess.run([*as_user, _pg_bin("createdb"), "-h", "127.0.0.1", "-p", str(port), "-U",
+                        "postgres", name], check=True, capture_output=True, timeout=30)
+        return f"postgresql://postgres@127.0.0.1:{port}/{name}"
+
+    try:
+        yield database
+    finally:
+        subprocess.run([*as_user, _pg_bin("pg_ctl"), "-D", str(data), "-m", "fast", "stop"],
+                       capture_output=True, timeout=60)
+        shutil.rmtree(root, ignore_errors=True)
+
+
 @pytest.fixture(scope="session")
 def settings(tmp_path_factory) -> Settings:
     state = Path(os.environ.get("TAXI_TEST_STATE_DIR") or tmp_path_factory.mktemp("state"))

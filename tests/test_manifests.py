@@ -323,7 +323,8 @@ def _settings_from(env: dict[str, str], monkeypatch) -> Settings:
 
 def client_addresses(s: Settings) -> dict[str, tuple[str, int]]:
     """(host, port) of every peer these settings would connect to."""
-    urls = {"mlflow": s.mlflow_tracking_uri, "prometheus": s.prometheus_url, "alertmanager": s.alertmanager_url,
+    urls = {"rollout store": s.rollout_db_uri} if s.rollout_db_uri else {}
+    urls |= {"mlflow": s.mlflow_tracking_uri, "prometheus": s.prometheus_url, "alertmanager": s.alertmanager_url,
             "pushgateway": s.pushgateway_url, "alert receiver": s.alert_receiver_url, "gateway": s.gateway_url,
             **{f"model server {i}": u for i, u in enumerate(s.model_server_urls)},
             **{f"kafka {i}": f"kafka://{b}" for i, b in enumerate(s.kafka_bootstrap_servers.split(","))}}
@@ -372,6 +373,15 @@ def _k8s_containers(docs) -> list[tuple[str, dict]]:
 
 
 K8S_CONTAINERS = _k8s_containers(ALL_DOCS)
+
+
+@pytest.mark.parametrize("name", ["gateway", "label-join", "alert-receiver"])
+def test_who_reads_or_changes_rollouts_shares_one_postgres_store(name, monkeypatch):
+    """Pods share no disk: a SQLite rollout store per pod would give each gateway replica its
+    own experiments. Theirs is MLflow's PostgreSQL, the password from the Secret."""
+    [container] = [c for n, c in K8S_CONTAINERS if n.split("/")[1] == name and n.startswith("Deployment")]
+    settings = _check_k8s_addresses(name, container, ALL_DOCS, monkeypatch)
+    assert settings.rollout_location == "postgresql://mlflow:from-secret-postgres-password@postgres:5432/mlflow"
 
 
 def test_every_platform_container_is_checked():

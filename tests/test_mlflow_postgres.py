@@ -1,10 +1,6 @@
 """MLflow on a PostgreSQL backend store: the same registry calls work, only the URI differs."""
 
-import glob
-import os
-import shutil
 import subprocess
-import tempfile
 from pathlib import Path
 
 import mlflow
@@ -19,36 +15,9 @@ from taxi_mlops.stack.process import Supervisor, free_port
 pytestmark = pytest.mark.slow
 
 
-def _pg_bin(name: str) -> str:
-    found = shutil.which(name) or next(iter(sorted(glob.glob(f"/usr/lib/postgresql/*/bin/{name}"))), None)
-    assert found, f"{name} not found: `make install` installs Debian's postgresql"
-    return found
-
-
 @pytest.fixture(scope="module")
-def postgres_uri():
-    """A throwaway PostgreSQL cluster on a free port (run as the 'postgres' user when root)."""
-    root = Path(tempfile.mkdtemp(prefix="taxi-pg-"))
-    data, sock = root / "data", root / "sock"
-    sock.mkdir()
-    as_user = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
-    if as_user:
-        shutil.chown(root, "postgres")
-        shutil.chown(sock, "postgres")
-    port = free_port()
-    subprocess.run([*as_user, _pg_bin("initdb"), "-D", str(data), "-A", "trust", "-U", "postgres"],
-                   check=True, capture_output=True, timeout=120)
-    subprocess.run([*as_user, _pg_bin("pg_ctl"), "-D", str(data), "-w", "-t", "60", "-l", str(root / "pg.log"),
-                    "-o", f"-p {port} -k {sock} -c listen_addresses=127.0.0.1", "start"],
-                   check=True, capture_output=True, timeout=90)
-    try:
-        subprocess.run([*as_user, _pg_bin("createdb"), "-h", "127.0.0.1", "-p", str(port), "-U",
-                        "postgres", "mlflow"], check=True, capture_output=True, timeout=30)
-        yield f"postgresql://postgres@127.0.0.1:{port}/mlflow"
-    finally:
-        subprocess.run([*as_user, _pg_bin("pg_ctl"), "-D", str(data), "-m", "fast", "stop"],
-                       capture_output=True, timeout=60)
-        shutil.rmtree(root, ignore_errors=True)
+def postgres_uri(postgres):
+    return postgres("mlflow")
 
 
 def test_registry_aliases_on_postgres_backend(postgres_uri, tmp_path):

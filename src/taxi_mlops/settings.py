@@ -146,6 +146,9 @@ class Settings(BaseSettings):
     prediction_log_spool: bool = Field(True, description=(
         "Append each prediction log to <state_dir>/spool/predictions before producing it, so a "
         "killed gateway's unsent logs are sent by the next one to start."))
+    rollout_db_uri: str | None = Field(None, description=(
+        "postgresql://... for the rollout store (experiments, routing) when gateways do not "
+        "share a disk; default: SQLite in <state_dir>/rollout. A secret: never logged."))
     gateway_instances: int = Field(2, ge=1, le=16, description=(
         "Independent gateway processes sharing the port (SO_REUSEPORT), each supervised on its "
         "own: one that crashes leaves the others answering while the keeper restarts it."))
@@ -372,6 +375,17 @@ class Settings(BaseSettings):
         """Experiments, their observations and the routing policy (SQLite: durable, shared
         by every gateway worker and the label join on this machine)."""
         return self.state_dir / "rollout" / "rollout.sqlite"
+
+    @property
+    def rollout_location(self) -> Path | str:
+        """Where the rollout store lives: ``rollout_db_uri`` (PostgreSQL, shared by pods), else
+        the SQLite file ``rollout_db``."""
+        return self.rollout_db_uri or self.rollout_db
+
+    @property
+    def rollout_store_name(self) -> str:
+        """The store for messages: the URI carries a password, so it is never shown."""
+        return "PostgreSQL (TAXI_ROLLOUT_DB_URI)" if self.rollout_db_uri else str(self.rollout_db)
 
     @property
     def gateway_url(self) -> str:

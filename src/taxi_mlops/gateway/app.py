@@ -112,7 +112,7 @@ def _control(settings: Settings, router: Router):
         return control
     except Exception as exc:
         log.error("rollout store unavailable: routing stays on the default policy",
-                  extra={"store": str(settings.rollout_db), "error": str(exc)})
+                  extra={"store": settings.rollout_store_name, "error": str(exc)})
         return None
 
 
@@ -240,7 +240,7 @@ class RollbackRequest(BaseModel):
 def _control_of(request: Request):
     control = request.app.state.control
     if control is None:
-        raise DependencyDown("rollout_store", f"the rollout store at {request.app.state.settings.rollout_db} "
+        raise DependencyDown("rollout_store", f"the rollout store at {request.app.state.settings.rollout_store_name} "
                                               "could not be opened; see the gateway log")
     return control
 

@@ -53,7 +53,7 @@ class Control:
     def __init__(self, settings: Settings, router: Router, store: RolloutStore | None = None):
         self.settings = settings
         self.router = router
-        self.store = store or RolloutStore(settings.rollout_db)
+        self.store = store or RolloutStore(settings.rollout_location)
         self._marker = None
         self.default_policy = router.policy
 

@@ -163,9 +163,24 @@ def platform(settings: Settings) -> list[dict]:
     ]
     docs = []
     for name, command, port, ready, live, res, job, role in specs:
-        docs += [_deployment(settings, name, command, port, ready, live, res, mlflow_role=role),
-                 _service(name, port, job)]
+        deployment = _deployment(settings, name, command, port, ready, live, res, mlflow_role=role)
+        if name in ROLLOUT_STORE_USERS:
+            deployment["spec"]["template"]["spec"]["containers"][0]["env"] += rollout_store_env()
+        docs += [deployment, _service(name, port, job)]
     return docs
+
+
+# Pods share no disk: the rollout store (experiments, routing) goes to PostgreSQL, in its own
+# schema of MLflow's database (rollout/store.py), for every process that reads or changes it.
+ROLLOUT_STORE_USERS = ("gateway", "label-join", "alert-receiver")
+
+
+def rollout_store_env() -> list[dict]:
+    """``TAXI_ROLLOUT_DB_URI`` built by the kubelet from the Secret's password (``$(VAR)`` of an
+    earlier entry), never written into the manifest."""
+    return [{"name": "ROLLOUT_DB_PASSWORD", **_secret("postgres-password")},
+            {"name": "TAXI_ROLLOUT_DB_URI",
+             "value": "postgresql://mlflow:$(ROLLOUT_DB_PASSWORD)@postgres:5432/mlflow"}]
 
 
 def _predictor(settings: Settings, alias: str, canary: int | None) -> dict:

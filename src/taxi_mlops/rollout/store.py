@@ -1,10 +1,17 @@
-"""Experiments, their observations and the routing policy, in one SQLite file.
+"""Experiments, their observations and the routing policy, in one SQLite file, or in
+PostgreSQL when the readers and writers are not on one machine.
 
-SQLite because every reader and writer is on this machine (gateway worker processes, the
-label-join worker, the CLI) and the volume is small (one row per joined label). WAL mode lets
-readers proceed while one process writes; ``busy_timeout`` makes a writer wait for the lock
-instead of failing. A connection is opened per call (cheap for SQLite, and safe across threads
-and forked workers: nothing is shared).
+SQLite by default because every reader and writer is on this machine (gateway instances and
+workers, the label-join worker, the CLI) and the volume is small (one row per joined label).
+WAL mode lets readers proceed while one process writes; ``busy_timeout`` makes a writer wait
+for the lock instead of failing. A connection is opened per call (cheap for SQLite, and safe
+across threads and spawned workers: nothing is shared).
+
+Gateway pods on a cluster do not share a disk, so ``TAXI_ROLLOUT_DB_URI=postgresql://...``
+puts the same tables in PostgreSQL (psycopg 3, already in the lock for MLflow's backend). The
+SQL is the same but for the types; a write transaction starts by locking the ``meta`` row,
+which serializes writers as SQLite's ``BEGIN IMMEDIATE`` does, so a check-then-write (one
+running experiment per model, a decision made once) stays atomic across pods.
 
 ``changed_marker()`` is a counter in the ``meta`` table, bumped in the same transaction as any
 change to experiments or routing; a gateway worker polls it every second (one indexed read)
@@ -16,6 +23,7 @@ from __future__ import annotations
 import json
 import sqlite3
 import time
+from dataclasses import dataclass
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
@@ -55,8 +63,30 @@ CREATE TABLE IF NOT EXISTS meta (
     key TEXT PRIMARY KEY,
     value INTEGER NOT NULL
 );
-INSERT OR IGNORE INTO meta (key, value) VALUES ('changes', 0);
+INSERT INTO meta (key, value) VALUES ('changes', 0) ON CONFLICT (key) DO NOTHING;
 """
+# PostgreSQL: the same tables in a schema of their own (a cluster may give the store MLflow's
+# database, which has an ``experiments`` table too); REAL is 4 bytes there (a Unix time would lose its seconds).
+_PG_SCHEMA = (_SCHEMA.replace("seq INTEGER PRIMARY KEY AUTOINCREMENT", "seq BIGSERIAL PRIMARY KEY")
+              .replace(" REAL ", " DOUBLE PRECISION "))
+
+
+PG_SCHEMA = "taxi_rollout"
+
+
+def is_postgres(location: Path | str) -> bool:
+    return str(location).startswith(("postgresql://", "postgres://"))
+
+
+@dataclass
+class _PgConnection:
+    """psycopg's connection behind the few sqlite3 calls the store makes (``?`` placeholders,
+    rows by column name, ``rowcount``)."""
+
+    conn: Any
+
+    def execute(self, sql: str, args: tuple = ()):
+        return self.conn.execute(sql.replace("?", "%s"), args)
 
 
 class ExperimentConflict(RuntimeError):
@@ -64,14 +94,36 @@ class ExperimentConflict(RuntimeError):
 
 
 class RolloutStore:
-    def __init__(self, path: Path | str):
-        self.path = Path(path)
+    def __init__(self, location: Path | str, connect_timeout_s: float = 10.0):
+        """``location``: a SQLite file, or a ``postgresql://`` URI."""
+        self.uri = str(location) if is_postgres(location) else None
+        self.connect_timeout_s = connect_timeout_s
+        if self.uri:
+            self.path = None
+            with self._pg() as conn:
+                conn.execute("SELECT pg_advisory_xact_lock(7461)")  # one schema creator at a time
+                conn.execute(f"CREATE SCHEMA IF NOT EXISTS {PG_SCHEMA}")
+                for statement in filter(str.strip, _PG_SCHEMA.split(";")):
+                    conn.execute(statement)
+            return
+        self.path = Path(location)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         with self._connect() as conn:
             conn.execute("PRAGMA journal_mode=WAL")  # persistent: set once per file
             conn.executescript(_SCHEMA)
 
     # ---- connections ------------------------------------------------------------------------
+    @contextmanager
+    def _pg(self) -> Iterator[_PgConnection]:
+        """One PostgreSQL transaction on a new connection (committed, or rolled back on error)."""
+        import psycopg
+        from psycopg.rows import dict_row
+
+        with psycopg.connect(self.uri, connect_timeout=max(1, int(self.connect_timeout_s)),
+                             options=f"-c search_path={PG_SCHEMA}", row_factory=dict_row) as conn:
+            with conn.transaction():
+                yield _PgConnection(conn)
+
     def _connect(self) -> sqlite3.Connection:
         conn = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None)
         conn.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
@@ -81,6 +133,10 @@ class RolloutStore:
 
     @contextmanager
     def _read(self) -> Iterator[sqlite3.Connection]:
+        if self.uri:
+            with self._pg() as conn:
+                yield conn
+            return
         conn = self._connect()
         try:
             yield conn
@@ -90,7 +146,13 @@ class RolloutStore:
     @contextmanager
     def _write(self) -> Iterator[sqlite3.Connection]:
         """One IMMEDIATE transaction: the write lock is taken up front, so a check-then-write
-        (conflict, status once) is atomic across processes."""
+        (conflict, status once) is atomic across processes. PostgreSQL: the ``meta`` row's lock,
+        taken first, does the same across pods."""
+        if self.uri:
+            with self._pg() as conn:
+                conn.execute("SELECT value FROM meta WHERE key = 'changes' FOR UPDATE")
+                yield conn
+            return
         conn = self._connect()
         try:
             conn.execute("BEGIN IMMEDIATE")
@@ -125,7 +187,9 @@ class RolloutStore:
                              "updated_at) VALUES (?, ?, ?, ?, ?, ?)",
                              (experiment.id, experiment.model_name, experiment.status,
                               experiment.model_dump_json(), experiment.created_at.timestamp(), now))
-            except sqlite3.IntegrityError:
+            except Exception as exc:
+                if not _unique_violation(exc):
+                    raise
                 raise ExperimentConflict(f"an experiment with id {experiment.id} exists already") from None
             self._bump(conn)
         return experiment
@@ -141,7 +205,8 @@ class RolloutStore:
         if model_name is not None:
             sql, args = sql + " WHERE model_name = ?", (model_name,)
         with self._read() as conn:
-            rows = conn.execute(sql + " ORDER BY created_at DESC, rowid DESC", args).fetchall()
+            tie = "id DESC" if self.uri else "rowid DESC"  # PostgreSQL has no rowid
+            rows = conn.execute(sql + f" ORDER BY created_at DESC, {tie}", args).fetchall()
         return [Experiment.model_validate_json(r["body"]) for r in rows]
 
     def running(self, model_name: str) -> Experiment | None:
@@ -191,8 +256,9 @@ class RolloutStore:
         (a redelivered label counts once, across restarts too)."""
         with self._write() as conn:
             cur = conn.execute(
-                "INSERT OR IGNORE INTO observations (experiment_id, trip_id, variant, model_version, "
-                "probability, label, outcome, ts) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                "INSERT INTO observations (experiment_id, trip_id, variant, model_version, "
+                "probability, label, outcome, ts) VALUES (?, ?, ?, ?, ?, ?, ?, ?) "
+                "ON CONFLICT (experiment_id, trip_id) DO NOTHING",
                 (experiment_id, trip_id, variant, str(model_version), float(probability),
                  1 if label else 0, float(outcome), time.time() if ts is None else float(ts)))
             return cur.rowcount == 1
@@ -232,4 +298,15 @@ class RolloutStore:
     def changed_marker(self) -> int:
         """A number that changes whenever experiments or the routing policy change."""
         with self._read() as conn:
-            return int(conn.execute("SELECT value FROM meta WHERE key = 'changes'").fetchone()[0])
+            return int(conn.execute("SELECT value FROM meta WHERE key = 'changes'").fetchone()["value"])
+
+
+def _unique_violation(exc: Exception) -> bool:
+    if isinstance(exc, sqlite3.IntegrityError):
+        return True
+    try:
+        import psycopg
+
+        return isinstance(exc, psycopg.errors.UniqueViolation)
+    except ImportError:
+        return False

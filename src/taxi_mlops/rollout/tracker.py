@@ -106,7 +106,7 @@ class ExperimentTracker:
     def __init__(self, settings: Settings, store: RolloutStore | None = None,
                  decide: DecideCallback | None = None):
         self.settings = settings
-        self.store = store or RolloutStore(settings.rollout_db)
+        self.store = store or RolloutStore(settings.rollout_location)
         self.decide = decide or default_decide(settings)
         self._replays: dict[str, _Replay] = {}
         self._experiments: dict[str, Experiment | None] = {}
