@@ -324,6 +324,7 @@ def _settings_from(env: dict[str, str], monkeypatch) -> Settings:
 def client_addresses(s: Settings) -> dict[str, tuple[str, int]]:
     """(host, port) of every peer these settings would connect to."""
     urls = {"rollout store": s.rollout_db_uri} if s.rollout_db_uri else {}
+    urls |= {"prediction store": s.predictions_db_uri} if s.predictions_db_uri else {}
     urls |= {"mlflow": s.mlflow_tracking_uri, "prometheus": s.prometheus_url, "alertmanager": s.alertmanager_url,
             "pushgateway": s.pushgateway_url, "alert receiver": s.alert_receiver_url, "gateway": s.gateway_url,
             **{f"model server {i}": u for i, u in enumerate(s.model_server_urls)},
@@ -384,9 +385,18 @@ def test_who_reads_or_changes_rollouts_shares_one_postgres_store(name, monkeypat
     assert settings.rollout_location == "postgresql://mlflow:from-secret-postgres-password@postgres:5432/mlflow"
 
 
+@pytest.mark.parametrize("name", ["gateway", "prediction-store"])
+def test_the_prediction_store_worker_and_the_gateway_share_one_postgres_store(name, monkeypatch):
+    """GET /predictions/{id} reads what the worker pod wrote: one PostgreSQL, not a file per pod."""
+    [container] = [c for n, c in K8S_CONTAINERS if n.split("/")[1] == name and n.startswith("Deployment")]
+    settings = _check_k8s_addresses(name, container, ALL_DOCS, monkeypatch)
+    assert settings.predictions_location == "postgresql://mlflow:from-secret-postgres-password@postgres:5432/mlflow"
+
+
 def test_every_platform_container_is_checked():
     names = {name.split("/")[1] for name, _ in K8S_CONTAINERS}
     assert {"gateway", "stream-processor", "label-join", "data-quality", "alert-receiver", "ui", "mlflow",
+            "prediction-store",
             "mlflow-users", "taxi-tips", "taxi-tips-challenger"} <= names
 
 

@@ -149,6 +149,9 @@ class Settings(BaseSettings):
     rollout_db_uri: str | None = Field(None, description=(
         "postgresql://... for the rollout store (experiments, routing) when gateways do not "
         "share a disk; default: SQLite in <state_dir>/rollout. A secret: never logged."))
+    predictions_db_uri: str | None = Field(None, description=(
+        "postgresql://... for the prediction store (lineage) when the gateway and the "
+        "prediction-store worker do not share a disk; default: SQLite in <state_dir>/predictions."))
     gateway_instances: int = Field(2, ge=1, le=16, description=(
         "Independent gateway processes sharing the port (SO_REUSEPORT), each supervised on its "
         "own: one that crashes leaves the others answering while the keeper restarts it."))
@@ -369,6 +372,16 @@ class Settings(BaseSettings):
         """Every logged prediction and label (SQLite, WAL: the prediction-store worker writes,
         gateway workers read; ``lineage/predictions.py``)."""
         return self.state_dir / "predictions" / "predictions.sqlite"
+
+    @property
+    def predictions_location(self) -> Path | str:
+        """``predictions_db_uri`` (PostgreSQL, shared by pods), else the SQLite file."""
+        return self.predictions_db_uri or self.predictions_db
+
+    @property
+    def predictions_store_name(self) -> str:
+        """The store for messages: the URI carries a password, so it is never shown."""
+        return "PostgreSQL (TAXI_PREDICTIONS_DB_URI)" if self.predictions_db_uri else str(self.predictions_db)
 
     @property
     def rollout_db(self) -> Path:

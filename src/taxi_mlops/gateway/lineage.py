@@ -117,16 +117,25 @@ class Lineage:
         with self._lock:
             if self._store is None:
                 try:
-                    self._store = store_mod.PredictionStore(self.settings.predictions_db, readonly=True)
+                    self._store = store_mod.PredictionStore(self.settings.predictions_location, readonly=True)
                 except FileNotFoundError as exc:
                     raise DependencyDown("prediction_store", str(exc)) from exc
             return self._store
+
+    def _read(self, query):
+        """A read of the store; a database that does not answer is a 503 naming it."""
+        import sqlite3
+
+        try:
+            return query(self.store())
+        except (store_mod.StoreUnavailable, sqlite3.OperationalError) as exc:
+            raise DependencyDown("prediction_store", str(exc)) from exc
 
     def get(self, request_id: str) -> PredictionChain:
         if not store_mod.valid_request_id(request_id):
             raise InvalidField("request_id", "a request id is 1 to 72 of A-Z a-z 0-9 . _ - (what the "
                                              "gateway accepts and logs); this one can never be stored")
-        stored = self.store().get(request_id)
+        stored = self._read(lambda store: store.get(request_id))
         if stored is None:
             raise NotFound(f"no prediction with request id {request_id!r} is stored (yet): a prediction "
                            "is stored about a second after /predict answers; check the id in the "
@@ -137,7 +146,8 @@ class Lineage:
         if since is not None:
             since = _parse_since(since)
         try:
-            rows = self.store().list(model_version=model_version or None, since=since, limit=limit)
+            rows = self._read(lambda store: store.list(model_version=model_version or None, since=since,
+                                                       limit=limit))
         except store_mod.InvalidQuery as exc:
             raise InvalidField(exc.field, exc.message) from exc
         items = [PredictionSummary(**r.summary()) for r in rows]

@@ -71,7 +71,7 @@ class PredictionStoreWorker:
 
         self.settings, self.batch = settings, batch
         self.bootstrap = settings.kafka_bootstrap_servers
-        self.store = PredictionStore(settings.predictions_db)
+        self.store = PredictionStore(settings.predictions_location)
         self.consumer = Consumer(clients.consumer_config(settings, NAME, group))
         self.producer = events.EventProducer(settings, NAME)
         self.stop_event = threading.Event()
@@ -88,7 +88,7 @@ class PredictionStoreWorker:
         topics.ensure_topics(self.settings)
         self.consumer.subscribe([topics.PREDICTIONS, topics.LABELS])
         self.phase = "running"
-        log.info("storing %s and %s in %s", topics.PREDICTIONS, topics.LABELS, self.settings.predictions_db)
+        log.info("storing %s and %s in %s", topics.PREDICTIONS, topics.LABELS, self.settings.predictions_store_name)
         while not self.stop_event.is_set():
             self.step(self.consumer.consume(self.batch, 0.5))
             self.prune_if_due()
@@ -185,7 +185,7 @@ class PredictionStoreWorker:
                 continue
 
     def snapshot(self) -> dict:
-        return {"name": NAME, "phase": self.phase, **self.stats, "store": str(self.settings.predictions_db),
+        return {"name": NAME, "phase": self.phase, **self.stats, "store": self.settings.predictions_store_name,
                 "lag": sum(self.lag.values()), "metrics": self.metrics_url}
 
     def stop(self, *_args) -> None:

@@ -20,6 +20,10 @@ time they were made) are deleted, and so are labels stored that long ago that no
 prediction references. A label is aged by when it was stored, not by its trip's event time:
 replayed trips carry event times from years ago. SQLite reuses the freed pages, so the file
 stops growing instead of shrinking.
+
+Across pods (no shared disk) ``TAXI_PREDICTIONS_DB_URI=postgresql://...`` keeps the same
+tables in PostgreSQL, in a schema of their own (``taxi_lineage``): the SQL is the same but for
+the types, and the B-tree lookup by request id stays a primary-key read.
 """
 
 from __future__ import annotations
@@ -40,6 +44,7 @@ MAX_LIST = 1000
 # derived ids "<id>-shadow" and "<id>-<index>" (batch): nothing longer can ever be stored.
 REQUEST_ID = re.compile(r"[A-Za-z0-9._-]{1,72}")
 
+PG_SCHEMA = "taxi_lineage"
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS predictions (
     request_id TEXT PRIMARY KEY,
@@ -92,6 +97,8 @@ PRUNE_PREDICTIONS = ("DELETE FROM predictions WHERE request_id IN "
                      "(SELECT request_id FROM predictions WHERE ts < ? LIMIT ?)")
 PRUNE_LABELS = ("DELETE FROM labels WHERE trip_id IN (SELECT l.trip_id FROM labels l WHERE l.stored_at < ? "
                 "AND NOT EXISTS (SELECT 1 FROM predictions p WHERE p.trip_id = l.trip_id) LIMIT ?)")
+# PostgreSQL: no WITHOUT ROWID, and REAL is 4 bytes there (a Unix time would lose its seconds).
+PG_TABLES = SCHEMA.replace(") WITHOUT ROWID;", ");").replace(" REAL", " DOUBLE PRECISION")
 SELECT = ("SELECT p.*, l.big_tipper AS label_big_tipper, l.tips AS label_tips, "
           "l.event_time AS label_event_time FROM predictions p LEFT JOIN labels l ON l.trip_id = p.trip_id")
 
@@ -166,7 +173,7 @@ class Stored:
                 "correct": self.label["correct"] if self.label else None}
 
 
-def _stored(row: sqlite3.Row) -> Stored:
+def _stored(row) -> Stored:
     prediction = {k: row[k] for k in COLUMNS if k not in ("ts", "features")}
     prediction["shadow"], prediction["fallback"] = bool(row["shadow"]), bool(row["fallback"])
     prediction["features"] = json.loads(row["features"])
@@ -178,13 +185,87 @@ def _stored(row: sqlite3.Row) -> Stored:
     return Stored(prediction=prediction, label=label)
 
 
+class StoreUnavailable(RuntimeError):
+    """The store's database does not answer (PostgreSQL down or unreachable)."""
+
+
+def is_postgres(location: Path | str) -> bool:
+    return str(location).startswith(("postgresql://", "postgres://"))
+
+
+class _PgConnection:
+    """psycopg (3) behind the sqlite3 calls the store makes: ``?`` placeholders, rows by column
+    name, ``with conn:`` as one transaction. A connection lost (a restarted server) is made
+    again on the next call."""
+
+    def __init__(self, uri: str, timeout_s: float):
+        self.uri, self.timeout_s = uri, timeout_s
+        self.row_factory = None  # assigned like sqlite3's; rows are dicts already
+        self._conn = None
+        self._tx = None
+
+    def _connection(self):
+        import psycopg
+        from psycopg.rows import dict_row
+
+        if self._conn is None or self._conn.closed:
+            self._conn = psycopg.connect(self.uri, autocommit=True, row_factory=dict_row,
+                                         connect_timeout=max(1, int(self.timeout_s)),
+                                         options=f"-c search_path={PG_SCHEMA}")
+        return self._conn
+
+    def _run(self, call):
+        import psycopg
+
+        try:
+            return call(self._connection())
+        except psycopg.OperationalError as exc:
+            if self._conn is not None and self._tx is None:
+                self._conn.close()  # broken: the next call connects again
+            raise StoreUnavailable(f"the prediction store's PostgreSQL does not answer: "
+                                   f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from exc
+
+    def execute(self, sql: str, args: tuple = ()):
+        return self._run(lambda c: c.execute(sql.replace("?", "%s"), args))
+
+    def executemany(self, sql: str, rows: list[tuple]) -> None:
+        def many(c):
+            with c.cursor() as cur:
+                cur.executemany(sql.replace("?", "%s"), rows)
+        self._run(many)
+
+    def __enter__(self):
+        self._tx = self._run(lambda c: c.transaction())
+        self._tx.__enter__()
+        return self
+
+    def __exit__(self, *exc):
+        tx, self._tx = self._tx, None
+        return tx.__exit__(*exc)
+
+    def close(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+
+
 class PredictionStore:
     """One connection per instance; the consumer writes, gateway workers read (threads of one
-    worker share the instance under a lock: SQLite connections are not for concurrent use)."""
+    worker share the instance under a lock: SQLite connections are not for concurrent use).
+    ``location``: the SQLite file, or a ``postgresql://`` URI."""
 
-    def __init__(self, path: Path, readonly: bool = False, timeout_s: float = 5.0):
-        self.path = Path(path)
+    def __init__(self, location: Path | str, readonly: bool = False, timeout_s: float = 5.0):
         self._lock = threading.Lock()
+        if is_postgres(location):
+            self.path = None
+            self.conn = _PgConnection(str(location), timeout_s)
+            if not readonly:
+                with self.conn:
+                    self.conn.execute("SELECT pg_advisory_xact_lock(7462)")  # one creator at a time
+                    self.conn.execute(f"CREATE SCHEMA IF NOT EXISTS {PG_SCHEMA}")
+                    for statement in filter(str.strip, PG_TABLES.split(";")):
+                        self.conn.execute(statement)
+            return
+        self.path = Path(location)
         if readonly:
             if not self.path.exists():
                 raise FileNotFoundError(f"no prediction store at {self.path}: the prediction-store "
@@ -265,6 +346,6 @@ class PredictionStore:
 
     def counts(self) -> dict:
         with self._lock:
-            predictions = self.conn.execute("SELECT COUNT(*) FROM predictions").fetchone()[0]
-            labels = self.conn.execute("SELECT COUNT(*) FROM labels").fetchone()[0]
+            predictions = self.conn.execute("SELECT COUNT(*) AS n FROM predictions").fetchone()["n"]
+            labels = self.conn.execute("SELECT COUNT(*) AS n FROM labels").fetchone()["n"]
         return {"predictions": predictions, "labels": labels}

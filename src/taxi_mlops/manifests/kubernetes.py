@@ -153,6 +153,9 @@ def platform(settings: Settings) -> list[dict]:
          "/metrics", "/metrics", small, "label_join", security.MLFLOW_ADMIN),
         ("data-quality", py + ["taxi_mlops.streaming.quality"], settings.quality_metrics_port,
          "/metrics", "/metrics", small, "data_quality", security.MLFLOW_READER),
+        # Predictions and labels into the store GET /predictions/{id} reads (PostgreSQL here).
+        ("prediction-store", py + ["taxi_mlops.lineage"], settings.prediction_store_metrics_port,
+         "/metrics", "/metrics", small, "prediction_store", None),
         # Alertmanager's webhook target; the admin: a retrain it starts registers a model.
         ("alert-receiver", py + ["taxi_mlops.observability.receiver"], settings.alert_receiver_port,
          "/health", "/health", small, "alert_receiver", security.MLFLOW_ADMIN),
@@ -164,23 +167,25 @@ def platform(settings: Settings) -> list[dict]:
     docs = []
     for name, command, port, ready, live, res, job, role in specs:
         deployment = _deployment(settings, name, command, port, ready, live, res, mlflow_role=role)
+        env = deployment["spec"]["template"]["spec"]["containers"][0]["env"]
+        if name in ROLLOUT_STORE_USERS or name in PREDICTION_STORE_USERS:
+            env += [{"name": "STORE_DB_PASSWORD", **_secret("postgres-password")}]
         if name in ROLLOUT_STORE_USERS:
-            deployment["spec"]["template"]["spec"]["containers"][0]["env"] += rollout_store_env()
+            env += [{"name": "TAXI_ROLLOUT_DB_URI", "value": STORE_URI}]
+        if name in PREDICTION_STORE_USERS:
+            env += [{"name": "TAXI_PREDICTIONS_DB_URI", "value": STORE_URI}]
         docs += [deployment, _service(name, port, job)]
     return docs
 
 
-# Pods share no disk: the rollout store (experiments, routing) goes to PostgreSQL, in its own
-# schema of MLflow's database (rollout/store.py), for every process that reads or changes it.
+# Pods share no disk: the rollout store (experiments, routing) and the prediction store
+# (lineage) go to PostgreSQL, each in a schema of its own in MLflow's database
+# (rollout/store.py, lineage/predictions.py), for every process that reads or writes them.
 ROLLOUT_STORE_USERS = ("gateway", "label-join", "alert-receiver")
-
-
-def rollout_store_env() -> list[dict]:
-    """``TAXI_ROLLOUT_DB_URI`` built by the kubelet from the Secret's password (``$(VAR)`` of an
-    earlier entry), never written into the manifest."""
-    return [{"name": "ROLLOUT_DB_PASSWORD", **_secret("postgres-password")},
-            {"name": "TAXI_ROLLOUT_DB_URI",
-             "value": "postgresql://mlflow:$(ROLLOUT_DB_PASSWORD)@postgres:5432/mlflow"}]
+PREDICTION_STORE_USERS = ("gateway", "prediction-store")
+# Built by the kubelet from the Secret's password ($(VAR) of an earlier entry), never written
+# into the manifest.
+STORE_URI = "postgresql://mlflow:$(STORE_DB_PASSWORD)@postgres:5432/mlflow"
 
 
 def _predictor(settings: Settings, alias: str, canary: int | None) -> dict:

@@ -127,7 +127,7 @@ def prediction_store_service(settings: Settings) -> Service:
         command=[sys.executable, "-m", "taxi_mlops.lineage"],
         healthy=lambda: status.healthy(settings, PREDICTION_STORE),
         url=f"kafka group {PREDICTION_STORE_GROUP}: {topics.PREDICTIONS} + {topics.LABELS} -> "
-            f"{settings.predictions_db}",
+            f"{settings.predictions_store_name}",
         env=settings.as_env(),
         stop_timeout_s=30.0,
         details=lambda: status.details(settings, PREDICTION_STORE, ("phase", "predictions", "labels", "lag",
