@@ -278,7 +278,12 @@ def test_dockerfiles_pin_their_base_image_and_install_from_the_lock(name, lock):
     assert f"--no-deps -r requirements/{lock}" in text
     assert re.search(r"^USER 10001", text, re.M)
     python = "3.11" if name == "platform" else "3.10"
-    assert bases[0].startswith(f"python:{python}.")
+    assert bases[-1].startswith(f"python:{python}.")  # the image's own base: the last stage
+    if name == "pipeline":  # the platform env beside TFX's, where the KFP steps look for it
+        venv = Settings().kfp_platform_python.removesuffix("/bin/python")
+        assert any(b.startswith("python:3.11.") for b in bases[:-1]), bases
+        assert f"python3.11 -m venv {venv}" in text
+        assert f"{venv}/bin/python -m pip install --no-deps -r requirements/platform.lock" in text
     built = [s for s in COMPOSE["services"].values() if s.get("build", {}).get("dockerfile", "").endswith(f"{name}.Dockerfile")]
     assert built
 

@@ -66,6 +66,10 @@ def test_every_component_is_a_task_with_its_executor_in_our_image(compiled):
     # the DAG is the local one
     assert tasks["Trainer"]["depends_on"] == ["SchemaGen", "Transform"]
     assert tasks["FeastPusher"]["depends_on"] == ["Pusher"]
+    # FeastPusher and the MlflowLogger run the platform's code with the image's platform env
+    for name in ("FeastPusher", "MlflowLogger"):
+        params = compiled["doc"]["pipelineSpec"]["root"]["dag"]["tasks"][name]["inputs"]["parameters"]
+        assert Settings().kfp_platform_python in json.dumps(params["platform_python"]), params.get("platform_python")
     # Beam steps carry the configured runner (here TAXI_BEAM_RUNNER=direct-multi-process)
     assert "--direct_running_mode=multi_processing" in tasks["Transform"]["args"]
 

@@ -217,6 +217,9 @@ class Settings(BaseSettings):
         "Container image of every step in the compiled KFP pipeline (deploy/docker/pipeline.Dockerfile)."))
     kfp_pipeline_root: str = Field("/mnt/taxi/pipeline-root", description=(
         "KFP pipeline root (gs://bucket/path or a PVC mount); overridable when the run is submitted."))
+    kfp_platform_python: str = Field("/opt/platform/bin/python", description=(
+        "KFP: the platform environment's interpreter inside kfp_image, for FeastPusher and the "
+        "calibration plot (deploy/docker/pipeline.Dockerfile builds it there)."))
     kfp_data_root: str = Field("/mnt/taxi/data", description=(
         "KFP: folder holding input/ (data.csv + data_version.json) and chicago_taxi/data.csv."))
     request_timeout_s: float = Field(2.0, description="Timeout of every gateway call to a dependency.")

@@ -65,8 +65,8 @@ def request(settings: Settings, output: Path, pipeline_root: str | None = None,
         "serving_model_dir": _join(pipeline_root, "serving_model"),
         "tracking_uri": tracking_uri,
         "model_name": settings.model_name,
-        # The image's interpreter; Feast and matplotlib are not in it (README: known limits).
-        "platform_python": "python",
+        # The platform env's interpreter in the image (Feast, matplotlib), beside TFX's.
+        "platform_python": settings.kfp_platform_python,
         **parameters,
         **runners.config(settings),
     }
