@@ -103,12 +103,14 @@ def test_request_id_round_trips_into_the_json_log(stack, trip):
     assert r.status_code == 200
     assert r.headers["x-request-id"] == rid and r.json()["request_id"] == rid
 
-    log_path = stack.logs_dir / "gateway.log"
+    # Whichever gateway instance answered logged it, in its own file.
+    log_paths = [stack.logs_dir / f"{g.name}.log" for g in services.gateway_services(stack)]
 
     def logged():
-        return [e for e in read_log(log_path) if e.get("request_id") == rid and e.get("message") == "predict"]
+        return [e for path in log_paths for e in read_log(path)
+                if e.get("request_id") == rid and e.get("message") == "predict"]
 
-    assert wait_for(lambda: bool(logged()), 10, 0.1), f"no predict line for {rid} in {log_path}"
+    assert wait_for(lambda: bool(logged()), 10, 0.1), f"no predict line for {rid} in {log_paths}"
     (line,) = logged()
     assert line["component"] == "gateway" and line["level"] == "INFO" and line["ts"].endswith("Z")
     assert line["status"] == 200 and line["model_version"] == r.json()["model"]["version"]
@@ -119,7 +121,7 @@ def test_request_id_round_trips_into_the_json_log(stack, trip):
     assert odd.status_code == 200 and odd.headers["x-request-id"] == odd.json()["request_id"] != "no spaces!"
 
     # The metrics live in the gateway's own folder (not the temporary one importing Feast makes).
-    modes = [e for e in read_log(log_path) if e.get("message") == "metrics in multiprocess mode"]
+    modes = [e for path in log_paths for e in read_log(path) if e.get("message") == "metrics in multiprocess mode"]
     assert modes and modes[-1]["metrics_dir"] == str(gateway_metrics.multiprocess_dir(stack))
     assert modes[-1]["value_class"] == "MmapedValue"
 
