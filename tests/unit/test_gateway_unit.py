@@ -404,3 +404,37 @@ def test_the_fallback_uses_the_prior_row_last_read():
     [(values, defaulted)] = fallback_rows(1, {name: 42.0})
     assert values[name] == 42.0 and sorted(defaulted) == sorted(DEFAULTS)
     assert all(values[n] == DEFAULTS[n] for n in DEFAULTS if n != name)
+
+
+# ---- warm-up ---------------------------------------------------------------------------------------
+class _WarmInference:
+    def __init__(self, cause: Exception):
+        self.cause = cause
+
+    async def warm(self, request_id, rows, target=None):
+        raise ModelServerError(f"model server at http://x: {self.cause}") from self.cause
+
+
+@pytest.mark.parametrize("cause,absent", [
+    (__import__("httpx").ConnectError("[Errno 111] Connection refused"), True),   # nothing listens
+    (__import__("httpx").ReadTimeout("timed out"), False),                        # there, but slow
+])
+def test_warm_up_says_when_no_model_server_listens(cause, absent):
+    """No model server at all (no champion yet): start-up serves at once instead of waiting
+    WARM_UP_WAIT_S; a slow one is waited for."""
+    from taxi_mlops.gateway.warmup import WarmUp
+
+    async def scenario():
+        warm = WarmUp(make_predictor(), _WarmInference(cause))
+        task = asyncio.create_task(warm.run())
+        try:
+            await asyncio.wait_for(warm.model_server_absent.wait(), 1.5)
+            seen = True
+        except asyncio.TimeoutError:
+            seen = False
+        task.cancel()
+        return seen, warm.state()
+
+    seen, state = run(scenario())
+    assert seen is absent
+    assert state["ok"] is False and state["attempts"] >= 1 and "model server" in state["error"]

@@ -77,12 +77,16 @@ def _lifespan(settings: Settings, metrics: GatewayMetrics | None):
         app.state.warm_up = WarmUp(app.state.predictor, app.state.inference)
         warm_task = asyncio.create_task(app.state.warm_up.run())
         # Serve only once warm (uvicorn opens the port after start-up), unless a dependency
-        # is still down after WARM_UP_WAIT_S: then serve, /health 503 until warm (the warm-up
-        # goes on), and a request meanwhile pays for the cold clients itself.
-        done, _ = await asyncio.wait({warm_task}, timeout=WARM_UP_WAIT_S)
-        if not done:
-            log.warning("not warm after %.0f s (%s); serving, /health stays 503 until warm",
-                        WARM_UP_WAIT_S, app.state.warm_up.error)
+        # is still down after WARM_UP_WAIT_S, or no model server listens at all (no champion
+        # yet): then serve, /health 503 until warm (the warm-up goes on), /predict a 503 naming
+        # the model server, and a request meanwhile pays for the cold clients itself.
+        absent = asyncio.create_task(app.state.warm_up.model_server_absent.wait())
+        done, _ = await asyncio.wait({warm_task, absent}, timeout=WARM_UP_WAIT_S,
+                                     return_when=asyncio.FIRST_COMPLETED)
+        absent.cancel()
+        if warm_task not in done:
+            log.warning("not warm (%s); serving, /health stays 503 until warm",
+                        app.state.warm_up.error)
         sync_task = None
         if metrics is not None:
             _check_metrics_mode(metrics)

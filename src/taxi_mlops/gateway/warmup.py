@@ -22,6 +22,8 @@ from taxi_mlops.samples import SAMPLE_TRIPS
 
 log = logging.getLogger("taxi_mlops.gateway")
 RETRY_S = 0.5
+SLOW_RETRY_S = 5.0  # after SLOW_AFTER failed passes: a dependency that is not coming soon
+SLOW_AFTER = 20
 WARM_REQUEST_ID = "gateway-warm-up"
 
 
@@ -34,6 +36,9 @@ class WarmUp:
         self.attempts = 0
         self.error: str | None = None
         self.took_ms: float | None = None
+        # Set when no model server listens at all (connection refused), e.g. no champion yet:
+        # start-up then serves at once (503 naming it) instead of waiting for it.
+        self.model_server_absent = asyncio.Event()
 
     async def once(self) -> None:
         """Feature read, then one inference on every replica, for a sample trip."""
@@ -52,9 +57,11 @@ class WarmUp:
                 await self.once()
             except Exception as exc:  # a dependency not up yet: say which, retry
                 self.error = str(exc)[:300] or type(exc).__name__
+                if _refused(exc):
+                    self.model_server_absent.set()
                 if self.attempts == 1 or self.attempts % 20 == 0:
                     log.info("warm-up waiting", extra={"attempt": self.attempts, "error": self.error})
-                await asyncio.sleep(RETRY_S)
+                await asyncio.sleep(RETRY_S if self.attempts < SLOW_AFTER else SLOW_RETRY_S)
                 continue
             self.done, self.error = True, None
             self.took_ms = round((time.perf_counter() - started) * 1000, 1)
@@ -68,3 +75,12 @@ class WarmUp:
         if self.error:
             out["error"] = self.error
         return out
+
+
+def _refused(exc: BaseException) -> bool:
+    """A model-server call that found nothing listening (not one that was slow or failed)."""
+    import httpx
+
+    from taxi_mlops.gateway.inference import ModelServerError
+
+    return isinstance(exc, ModelServerError) and isinstance(exc.__cause__, httpx.ConnectError)
