@@ -19,13 +19,10 @@ Everything is started by the stack's own code (``stack.streaming.start_kafka``, 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
 import platform
-import random
 import shutil
-import socket
 import statistics
 import tempfile
 import threading
@@ -35,26 +32,12 @@ from pathlib import Path
 from taxi_mlops.settings import Settings
 from taxi_mlops.stack import streaming
 from taxi_mlops.stack.keeper import Keeper
-from taxi_mlops.stack.process import Supervisor, wait_for
+from taxi_mlops.stack.process import Supervisor, free_port_block, wait_for
 from taxi_mlops.streaming import clients, topics
 
 
-def free_block(size: int) -> int:
-    for _ in range(500):
-        base = random.randrange(10000, 30000)
-        with contextlib.ExitStack() as stack:
-            socks = [stack.enter_context(socket.socket()) for _ in range(size)]
-            try:
-                for i, s in enumerate(socks):
-                    s.bind(("127.0.0.1", base + i))
-            except OSError:
-                continue
-            return base
-    raise RuntimeError("no free ports")
-
-
 def make_settings(nodes: int) -> Settings:
-    base = free_block(3 * nodes)
+    base = free_port_block(range(3 * nodes))
     return Settings(state_dir=Path(tempfile.mkdtemp(prefix=f"kafka-bench-{nodes}-")), kafka_nodes=nodes,
                     kafka_port=base, kafka_controller_port=base + 1, kafka_metrics_port=base + 2,
                     kafka_node_port_step=3, kafka_bootstrap_override=None, startup_timeout_s=180,

@@ -25,7 +25,6 @@ import os
 import platform
 import random
 import shutil
-import socket
 import statistics
 import tempfile
 import time
@@ -38,31 +37,16 @@ from taxi_mlops.features import schema, store
 from taxi_mlops.gateway.features import FeatureLookup
 from taxi_mlops.settings import Settings
 from taxi_mlops.stack import redis_cluster, services
-from taxi_mlops.stack.process import Supervisor
+from taxi_mlops.stack.process import Supervisor, free_port_block
 
 CSV = paths.PROJECT_ROOT / "data" / "chicago_taxi" / "data.csv"
-
-
-def free_redis_base(nodes: int) -> int:
-    """A port N >= 10000 with N .. N+nodes-1 free and their cluster-bus ports (+10000) too."""
-    for _ in range(500):
-        base = random.randrange(10000, 22000)
-        ports = [base + i for i in range(nodes)] + [base + 10000 + i for i in range(nodes)]
-        with contextlib.ExitStack() as stack:
-            try:
-                for port in ports:
-                    stack.enter_context(socket.socket()).bind(("127.0.0.1", port))
-            except OSError:
-                continue
-            return base
-    raise RuntimeError("no free ports")
 
 
 @contextlib.contextmanager
 def online_store(nodes: int):
     """Redis (``nodes`` 0) or a cluster of ``nodes`` masters, set up as ``up`` does, loaded."""
     settings = Settings(state_dir=Path(tempfile.mkdtemp(prefix=f"redis-bench-{nodes}-")),
-                        redis_port=free_redis_base(max(1, nodes)), redis_cluster_nodes=nodes,
+                        redis_port=free_port_block(redis_cluster.port_offsets(max(1, nodes))), redis_cluster_nodes=nodes,
                         startup_timeout_s=120)
     sup = Supervisor(settings)
     procs = redis_cluster.redis_services(settings)

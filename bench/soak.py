@@ -39,17 +39,16 @@ import json
 import os
 import platform
 import shutil
-import statistics
 import sys
 import tempfile
 import threading
 import time
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from taxi_mlops.settings import Settings
-from taxi_mlops.stack.process import Supervisor, _safe, free_port, wait_for
+from taxi_mlops.stack.process import Supervisor, _safe, free_port, free_port_block, wait_for
 
 ROTATION = ["gateway", "{model_server}", "redis", "kafka", "stream-processor-0", "label-join", "mlflow"]
 AFTER_RECOVERY_S = 5.0  # a fault window ends this long after the component is healthy again
@@ -61,25 +60,10 @@ TRIP = {
 }
 
 
-def free_port_pair() -> int:
-    """A free port N whose N+1 is free too (model-server replica 1 listens on N+1)."""
-    import socket
-
-    for _ in range(50):
-        port = free_port()
-        with socket.socket() as s:
-            try:
-                s.bind(("127.0.0.1", port + 1))
-                return port
-            except OSError:
-                continue
-    raise RuntimeError("no two consecutive free ports")
-
-
 def soak_settings(state: Path, backoff_s: float) -> Settings:
     """The stack on free ports (as tests/conftest.py), with two model-server replicas."""
     return Settings(state_dir=state, redis_port=free_port(), mlflow_port=free_port(),
-                    model_server_port=free_port_pair(), model_server_replicas=2,
+                    model_server_port=free_port_block((0, 1)), model_server_replicas=2,
                     gateway_port=free_port(), ui_port=free_port(),
                     kafka_port=free_port(), kafka_controller_port=free_port(), kafka_bootstrap_override=None,
                     prometheus_port=free_port(), prometheus_external_url=None,

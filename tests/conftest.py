@@ -18,22 +18,7 @@ from taxi_mlops.registry import models
 from taxi_mlops.settings import Settings
 from taxi_mlops.stack import monitoring, services
 from taxi_mlops.stack import up as stack_up
-from taxi_mlops.stack.process import Supervisor, free_port
-
-
-def free_port_pair() -> int:
-    """A free port N whose N+1 is free too (replica 1 listens on N+1)."""
-    import socket
-
-    for _ in range(50):
-        port = free_port()
-        with socket.socket() as s:
-            try:
-                s.bind(("127.0.0.1", port + 1))
-                return port
-            except OSError:
-                continue
-    raise RuntimeError("no two consecutive free ports")
+from taxi_mlops.stack.process import Supervisor, free_port, free_port_block
 
 
 def _pg_bin(name: str) -> str:
@@ -85,7 +70,7 @@ def settings(tmp_path_factory) -> Settings:
     state = Path(os.environ.get("TAXI_TEST_STATE_DIR") or tmp_path_factory.mktemp("state"))
     return Settings(state_dir=state, redis_port=free_port(), mlflow_port=free_port(),
                     # Two model-server replicas (ports N, N+1): the gateway balances them.
-                    model_server_port=free_port_pair(), model_server_replicas=2,
+                    model_server_port=free_port_block((0, 1)), model_server_replicas=2,
                     gateway_port=free_port(), ui_port=free_port(),
                     kafka_port=free_port(), kafka_controller_port=free_port(),
                     kafka_bootstrap_override=None, request_timeout_s=2.0,

@@ -7,10 +7,7 @@ No session stack: just the three nodes, on free ports, with their own state dir.
 
 from __future__ import annotations
 
-import contextlib
 import json
-import random
-import socket
 import threading
 
 import pytest
@@ -18,7 +15,7 @@ import pytest
 from taxi_mlops.settings import Settings
 from taxi_mlops.stack import streaming
 from taxi_mlops.stack.keeper import Keeper
-from taxi_mlops.stack.process import Supervisor, pid_alive, wait_for
+from taxi_mlops.stack.process import Supervisor, free_port_block, pid_alive, wait_for
 from taxi_mlops.streaming import clients, topics
 
 pytestmark = pytest.mark.slow
@@ -28,25 +25,9 @@ EVENTS = 30_000
 TOPIC = topics.TRIPS  # the platform's declared topic: 4 partitions, keyed by pickup area
 
 
-def _free_block(size: int) -> int:
-    """The first of ``size`` consecutive free ports >= 10000 (each node's 3 ports sit together)."""
-    rng = random.Random()
-    for _ in range(500):
-        base = rng.randrange(10000, 30000)
-        with contextlib.ExitStack() as stack:
-            socks = [stack.enter_context(socket.socket()) for _ in range(size)]
-            try:
-                for i, s in enumerate(socks):
-                    s.bind(("127.0.0.1", base + i))
-            except OSError:
-                continue
-            return base
-    raise RuntimeError(f"no {size} consecutive free ports")
-
-
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory):
-    base = _free_block(3 * NODES)
+    base = free_port_block(range(3 * NODES))
     settings = Settings(state_dir=tmp_path_factory.mktemp("kafka-cluster"), kafka_nodes=NODES,
                         kafka_port=base, kafka_controller_port=base + 1, kafka_metrics_port=base + 2,
                         kafka_node_port_step=3, kafka_bootstrap_override=None, startup_timeout_s=180,

@@ -9,10 +9,7 @@ No session stack: just the three Redis nodes, on free ports, with their own stat
 
 from __future__ import annotations
 
-import contextlib
 import os
-import random
-import socket
 
 import pandas as pd
 import pytest
@@ -23,7 +20,7 @@ from taxi_mlops.features import schema, store
 from taxi_mlops.settings import Settings
 from taxi_mlops.stack import redis_cluster, services
 from taxi_mlops.stack.keeper import Keeper
-from taxi_mlops.stack.process import Supervisor, wait_for
+from taxi_mlops.stack.process import Supervisor, free_port_block, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -33,28 +30,12 @@ VIEWS = {schema.AREA_VIEW: (schema.AREA_KEY, schema.AREA_FEATURES),
          schema.COMPANY_VIEW: (schema.COMPANY_KEY, schema.COMPANY_FEATURES)}
 
 
-def free_redis_base(nodes: int) -> int:
-    """A port N >= 10000 with N .. N+nodes-1 free and their cluster-bus ports (+10000) too."""
-    rng = random.Random()
-    for _ in range(500):
-        base = rng.randrange(10000, 22000)
-        ports = [base + i for i in range(nodes)] + [base + 10000 + i for i in range(nodes)]
-        with contextlib.ExitStack() as stack:
-            try:
-                for port in ports:
-                    stack.enter_context(socket.socket()).bind(("127.0.0.1", port))
-            except OSError:
-                continue
-            return base
-    raise RuntimeError(f"no {nodes} free Redis node ports")
-
-
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory):
     """The nodes started as `up` starts them, then `up`'s hook after the last one (cluster
     joined, Feast repo applied), then the offline tables materialized into the cluster."""
     saved = {k: v for k, v in os.environ.items() if k.startswith("TAXI_FEAST_")}
-    settings = Settings(state_dir=tmp_path_factory.mktemp("redis-cluster"), redis_port=free_redis_base(NODES),
+    settings = Settings(state_dir=tmp_path_factory.mktemp("redis-cluster"), redis_port=free_port_block(redis_cluster.port_offsets(NODES)),
                         redis_cluster_nodes=NODES, startup_timeout_s=60, restart_backoff_s=0.2)
     sup = Supervisor(settings)
     nodes = redis_cluster.redis_services(settings)
@@ -205,7 +186,7 @@ def test_the_default_single_redis_goes_through_the_same_hook(tmp_path):
     """``redis_cluster_nodes=0``: one plain Redis named "redis", the hook after it accepts it
     and applies the repo, and Feast reads it as ``redis_type: redis``."""
     saved = {k: v for k, v in os.environ.items() if k.startswith("TAXI_FEAST_")}
-    settings = Settings(state_dir=tmp_path, redis_port=free_redis_base(1), startup_timeout_s=60)
+    settings = Settings(state_dir=tmp_path, redis_port=free_port_block(redis_cluster.port_offsets(1)), startup_timeout_s=60)
     sup = Supervisor(settings)
     [single] = redis_cluster.redis_services(settings)
     try:

@@ -18,7 +18,7 @@ import subprocess
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Sequence
 
 from taxi_mlops.observability import logs
 from taxi_mlops.observability.metrics import MULTIPROC_VARS
@@ -92,25 +92,42 @@ def free_port(host: str = "127.0.0.1") -> int:
     any outgoing connection (an MLflow call during training) may take before the service that
     was given it starts ("Address already in use" minutes later). Never the same port twice
     in one process: one promised to a service not started yet is not free."""
+    return free_port_block((0,), host)
+
+
+def free_port_block(offsets: Sequence[int], host: str = "127.0.0.1") -> int:
+    """A base port N with N + o free for every offset o, as ``free_port`` chooses one:
+    model-server replicas on N, N+1; a Kafka node's three ports side by side; Redis Cluster
+    nodes on N.. and their bus ports on N+10000... Every port of the block counts as handed
+    out."""
     low, _ = _ephemeral_range()
-    floor = 10000
-    if low - floor > 1000:
-        for _ in range(200):
-            port = _port_rng.randrange(floor, low)
-            if port in _handed_out:
+    floor, span = 10000, max(offsets)
+    if low - span - floor > 1000:
+        for _ in range(500):
+            base = _port_rng.randrange(floor, low - span)
+            ports = [base + o for o in offsets]
+            if _handed_out.intersection(ports) or not _all_bind(host, ports):
                 continue
-            with socket.socket() as s:
-                try:
-                    s.bind((host, port))
-                except OSError:
-                    continue
-                _handed_out.add(port)
-                return port
-    with socket.socket() as s:  # no room below the range: fall back to the kernel's choice
-        s.bind((host, 0))
-        port = s.getsockname()[1]
-    _handed_out.add(port)
-    return port
+            _handed_out.update(ports)
+            return base
+    if span == 0:  # no room below the range: fall back to the kernel's choice
+        with socket.socket() as s:
+            s.bind((host, 0))
+            port = s.getsockname()[1]
+        _handed_out.add(port)
+        return port
+    raise RuntimeError(f"no free block of ports at offsets {list(offsets)} below {low} "
+                       "(the kernel's ephemeral range, /proc/sys/net/ipv4/ip_local_port_range)")
+
+
+def _all_bind(host: str, ports: Sequence[int]) -> bool:
+    with contextlib.ExitStack() as stack:
+        try:
+            for port in ports:
+                stack.enter_context(socket.socket()).bind((host, port))
+        except OSError:
+            return False
+    return True
 
 
 def wait_for(predicate: Callable[[], bool], timeout_s: float, interval_s: float = 0.2) -> bool:

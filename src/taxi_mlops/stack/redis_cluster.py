@@ -84,8 +84,17 @@ def _write_config(path: Path, lines: list[str]) -> None:
         f.write("".join(f"{line}\n" for line in lines))
 
 
+BUS_PORT_OFFSET = 10000  # Redis's fixed cluster-bus offset from a node's port
+
+
+def port_offsets(nodes: int) -> list[int]:
+    """Every port a cluster of ``nodes`` takes, relative to ``redis_port``: the nodes, then
+    their buses (for ``process.free_port_block``)."""
+    return [*range(nodes), *(BUS_PORT_OFFSET + i for i in range(nodes))]
+
+
 def node_service(settings: Settings, node: int, persistent: bool = True) -> Service:
-    """Cluster node ``node`` on ``redis_port + node``; its bus on that port + 10000."""
+    """Cluster node ``node`` on ``redis_port + node``; its bus on that port + BUS_PORT_OFFSET."""
     from taxi_mlops import security
 
     binary = shutil.which("redis-server") or "/usr/bin/redis-server"
