@@ -402,7 +402,10 @@ def _replica_requests(url: str) -> float:
 def test_replicas_share_the_load_and_a_dead_one_fails_no_request(stack, supervisor, keeper_paused):
     """Two model-server replicas: least-outstanding balancing uses both; kill -9 one under
     steady load and every request is still answered (the gateway retries on the other:
-    inference has no side effects); restarted, it is back in rotation."""
+    inference has no side effects); restarted, it is back in rotation.
+
+    Each gateway instance keeps its own view of the replicas, so the health checks go over
+    the load's own keep-alive connection: the instance that serves the load is the one asked."""
     import threading
 
     from taxi_mlops.stack import services
@@ -411,14 +414,25 @@ def test_replicas_share_the_load_and_a_dead_one_fails_no_request(stack, supervis
     before = [_replica_requests(u) for u in stack.model_server_urls]
     statuses: list[int] = []
     stop = threading.Event()
+    asks: list[threading.Event] = []
+    answers: list[dict] = []
 
     def load():
         i = 0
         with httpx.Client(timeout=10) as client:
             while not stop.is_set():
+                if asks:  # a health question: asked of this connection's gateway instance
+                    answers.append(client.get(f"{stack.gateway_url}/health").json()["dependencies"]["model_server"])
+                    asks.pop().set()
                 r = client.post(f"{stack.gateway_url}/predict", json={**TRIP, "trip_id": f"rep-{i}"})
                 statuses.append(r.status_code)
                 i += 1
+
+    def health() -> dict:
+        answered = threading.Event()
+        asks.append(answered)
+        assert answered.wait(15), "the load thread did not answer the health question"
+        return answers[-1]
 
     thread = threading.Thread(target=load, daemon=True)
     thread.start()
@@ -430,14 +444,13 @@ def test_replicas_share_the_load_and_a_dead_one_fails_no_request(stack, supervis
         supervisor.kill(replica.name)
         at_kill = len(statuses)
         assert wait_for(lambda: len(statuses) >= at_kill + 60, 60, 0.1)
-        health = httpx.get(f"{stack.gateway_url}/health", timeout=10).json()["dependencies"]["model_server"]
-        assert health["ok"] and [r["ok"] for r in health["replicas"]] == [True, False]
+        served = health()
+        assert served["ok"] and [r["ok"] for r in served["replicas"]] == [True, False], served
     finally:
         supervisor.start(replica)
 
     def back_in_rotation() -> bool:
-        body = httpx.get(f"{stack.gateway_url}/health", timeout=10).json()["dependencies"]["model_server"]
-        return all(r.get("in_rotation") for r in body["replicas"])
+        return all(r.get("in_rotation") for r in health()["replicas"])
 
     assert wait_for(back_in_rotation, 60, 0.5)
     served_before = _replica_requests(replica.url)
