@@ -46,8 +46,8 @@ CSV = paths.PROJECT_ROOT / "data" / "chicago_taxi" / "data.csv"
 def online_store(nodes: int):
     """Redis (``nodes`` 0) or a cluster of ``nodes`` masters, set up as ``up`` does, loaded."""
     settings = Settings(state_dir=Path(tempfile.mkdtemp(prefix=f"redis-bench-{nodes}-")),
-                        redis_port=free_port_block(redis_cluster.port_offsets(max(1, nodes))), redis_cluster_nodes=nodes,
-                        startup_timeout_s=120)
+                        redis_port=free_port_block(redis_cluster.port_offsets(max(1, nodes))),
+                        redis_cluster_nodes=nodes, startup_timeout_s=120)
     sup = Supervisor(settings)
     procs = redis_cluster.redis_services(settings)
     try:

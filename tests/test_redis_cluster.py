@@ -35,8 +35,9 @@ def cluster(tmp_path_factory):
     """The nodes started as `up` starts them, then `up`'s hook after the last one (cluster
     joined, Feast repo applied), then the offline tables materialized into the cluster."""
     saved = {k: v for k, v in os.environ.items() if k.startswith("TAXI_FEAST_")}
-    settings = Settings(state_dir=tmp_path_factory.mktemp("redis-cluster"), redis_port=free_port_block(redis_cluster.port_offsets(NODES)),
-                        redis_cluster_nodes=NODES, startup_timeout_s=60, restart_backoff_s=0.2)
+    settings = Settings(state_dir=tmp_path_factory.mktemp("redis-cluster"),
+                        redis_port=free_port_block(redis_cluster.port_offsets(NODES)), redis_cluster_nodes=NODES,
+                        startup_timeout_s=60, restart_backoff_s=0.2)
     sup = Supervisor(settings)
     nodes = redis_cluster.redis_services(settings)
     try:
@@ -186,7 +187,8 @@ def test_the_default_single_redis_goes_through_the_same_hook(tmp_path):
     """``redis_cluster_nodes=0``: one plain Redis named "redis", the hook after it accepts it
     and applies the repo, and Feast reads it as ``redis_type: redis``."""
     saved = {k: v for k, v in os.environ.items() if k.startswith("TAXI_FEAST_")}
-    settings = Settings(state_dir=tmp_path, redis_port=free_port_block(redis_cluster.port_offsets(1)), startup_timeout_s=60)
+    settings = Settings(state_dir=tmp_path, redis_port=free_port_block(redis_cluster.port_offsets(1)),
+                        startup_timeout_s=60)
     sup = Supervisor(settings)
     [single] = redis_cluster.redis_services(settings)
     try:
