@@ -73,6 +73,8 @@ def test_every_gateway_family_is_served_and_moves(stack, trip):
                  model_version=version, alias=stack.serving_alias)
     assert moved("taxi_gateway_prediction_probability_count", 3, model_version=version)
     assert moved("taxi_gateway_defaulted_features_total", 1, feature="company_trip_count")
+    for call in gateway_metrics.SHARED_CALLS:  # one read and one model call per lone request
+        assert moved("taxi_gateway_shared_call_size_count", 3, call=call), call
     assert moved("taxi_gateway_prediction_log_sent_total", 3)
     assert total(after, "taxi_gateway_prediction_log_backlog") >= 0
     assert total(after, "taxi_gateway_prediction_log_dropped_total") >= 0

@@ -167,6 +167,10 @@ class Settings(BaseSettings):
         "Micro-batching: under load, wait up to this long to gather more rows (0: only what "
         "queued during the previous call)."))
 
+    gateway_coalesce_max: int = Field(32, ge=1, le=64, description=(
+        "Concurrent /predicts share one online read and one model call per target, at most "
+        "this many per call (no timer: a lone request goes at once); 1 turns sharing off."))
+
     # ---- serving and rollout (issue 7) ------------------------------------------------------
     model_server_replicas: int = Field(1, ge=1, le=16, description=(
         "Model-server processes; replica N listens on model_server_port + N. Each hosts every "

@@ -23,6 +23,7 @@ from taxi_mlops.gateway.inference import ModelServerError
 from taxi_mlops.gateway.middleware import (SCOPE_KEY, BodyLimit, MetricsMiddleware,
                                            RequestIdMiddleware, RouteLabeler, sanitize_request_id)
 from taxi_mlops.gateway.predictor import Predictor
+from taxi_mlops.gateway.router import Router, RoutingPolicy, VariantSpec
 from taxi_mlops.gateway.schemas import Trip
 from taxi_mlops.observability import logs
 from taxi_mlops.settings import Settings
@@ -284,6 +285,77 @@ def test_predictor_names_the_dependency_that_failed():
 def test_predictor_without_metrics_records_nothing():
     p = make_predictor(metrics=None)
     assert run(p.predict(Trip(**TRIP), "r")).request_id == "r"
+
+
+class SlowLookup(FakeLookup):
+    """Records the keys of every read; each read takes a while (Redis under load)."""
+
+    def __init__(self):
+        super().__init__()
+        self.reads = []
+
+    def lookup_many(self, keys):
+        import time
+
+        self.reads.append(list(keys))
+        time.sleep(0.05)
+        return super().lookup_many(keys)
+
+
+class PerRowInference(FakeInference):
+    """Answers each row with its own fare / 100, and records each call's rows; slow enough
+    that concurrent requests queue behind the first call."""
+
+    def __init__(self, **kw):
+        super().__init__(**kw)
+        self.rows = []
+
+    async def infer_batch(self, request_id, rows, target=None):
+        self.calls.append(request_id)
+        self.rows.append(len(rows))
+        await asyncio.sleep(0.05)
+        if self.fail or target in self.failing:
+            raise ModelServerError("model server at http://x timed out")
+        return [r["fare"] / 100 for r in rows], "5"
+
+
+def test_concurrent_predictions_share_reads_and_model_calls_and_each_gets_its_own_answer(metrics):
+    lookup, inference = SlowLookup(), PerRowInference()
+    p = Predictor(Settings(request_timeout_s=2.0), lambda: lookup, inference, FakeLog(), metrics)
+    shared0 = {c: sample(metrics, "taxi_gateway_shared_call_size_sum", call=c) for c in gm.SHARED_CALLS}
+
+    async def main():
+        first = await p.predict(Trip(**TRIP), "warm")  # builds the lookup: one call of its own
+        trips = [Trip(**{**TRIP, "trip_id": f"t{i}", "fare": float(i)}) for i in range(1, 9)]
+        return first, await asyncio.gather(*(p.predict(t, f"r{i}") for i, t in enumerate(trips, 1)))
+
+    first, answers = run(main())
+    assert [a.tip_probability for a in answers] == [i / 100 for i in range(1, 9)]
+    assert [a.request_id for a in answers] == [f"r{i}" for i in range(1, 9)]
+    assert len(lookup.reads) < 9 and sum(map(len, lookup.reads)) == 9  # shared, none lost
+    assert len(inference.rows) < 9 and sum(inference.rows) == 9
+    shared_call = next(c for c in inference.calls if "," in c)  # the v2 id names each request
+    assert set(shared_call.split(",")) <= {f"r{i}" for i in range(1, 9)}
+    assert sorted(e.request_id for e in p.prediction_log.entries) == sorted(["warm"] + [f"r{i}" for i in range(1, 9)])
+    for call in gm.SHARED_CALLS:
+        assert sample(metrics, "taxi_gateway_shared_call_size_sum", call=call) == shared0[call] + 9
+
+
+def test_a_shared_model_call_that_fails_sends_every_request_to_its_fallback():
+    inference = PerRowInference(failing={"champion"})
+    policy = RoutingPolicy(split=[VariantSpec(name="champion", target="champion", weight=1.0)],
+                           fallback="previous")
+    p = Predictor(Settings(request_timeout_s=2.0), lambda: FakeLookup(), inference, FakeLog(),
+                  router=Router(policy))
+
+    async def main():
+        trips = [Trip(**{**TRIP, "trip_id": f"t{i}", "fare": float(i)}) for i in range(1, 6)]
+        return await asyncio.gather(*(p.predict(t, f"r{i}") for i, t in enumerate(trips, 1)))
+
+    answers = run(main())
+    assert all(a.routing.fallback and a.routing.target == "previous" for a in answers)
+    assert [a.tip_probability for a in answers] == [i / 100 for i in range(1, 6)]
+    assert Settings(gateway_coalesce_max=1).gateway_coalesce_max == 1
 
 
 # ---- wiring ----------------------------------------------------------------------------------

@@ -105,11 +105,12 @@ def test_filters(settings):
            "untimed continuation of new")
     _write(settings, "model_server",
            f'{{"ts": "{iso(now - 30)}", "level": "INFO", "component": "model_server", "message": "infer", "request_id": "a"}}',
-           f'{{"ts": "{iso(now - 20)}", "level": "INFO", "component": "model_server", "message": "other", "request_id": "b"}}')
+           f'{{"ts": "{iso(now - 20)}", "level": "INFO", "component": "model_server", "message": "other", "request_id": "b,c"}}')  # a shared call
     # the untimed line continues "new" (a traceback): it belongs to the same request
     assert [r["message"] for r in logview.merge(settings, request_id="a")] == [
         "old", "new", "untimed continuation of new", "infer"]
     assert [r["message"] for r in logview.merge(settings, request_id="b")] == ["other"]
+    assert [r["message"] for r in logview.merge(settings, request_id="c")] == ["other"]
     assert [r["message"] for r in logview.merge(settings, since_s=logview.parse_duration("10m"))] == [
         "new", "untimed continuation of new", "infer", "other"]
     assert [r["message"] for r in logview.merge(settings, component="model_server")] == ["infer", "other"]

@@ -38,7 +38,10 @@ FAMILIES = (
     "taxi_gateway_prediction_log_dropped_total",
     "taxi_gateway_prediction_log_sent_total",
     "taxi_gateway_degraded_predictions_total",
+    "taxi_gateway_shared_call_size",
 )
+SHARED_CALLS = ("feature_read", "model_call")
+SHARED_CALL_BUCKETS = (1, 2, 4, 8, 16, 32, 64)
 STAGES = ("feature_lookup", "inference", "prediction_log")
 METHODS = frozenset({"GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"})
 _LIVE_FILE = re.compile(r"gauge_live\w+?_(\d+)\.db$")
@@ -164,6 +167,10 @@ class GatewayMetrics:
         self.degraded = Counter("taxi_gateway_degraded_predictions", "Predictions answered without "
                                 "a dependency (feature_store: fallback features).", ["dependency"],
                                 registry=r)
+        self.shared = Histogram("taxi_gateway_shared_call_size", "Requests carried by one "
+                                "online read or one model call (concurrent /predicts share them).",
+                                ["call"], buckets=SHARED_CALL_BUCKETS, registry=r)
+        self.shared_children = {c: self.shared.labels(c) for c in SHARED_CALLS}
         self.degraded.labels("feature_store")  # exposed at 0: an alert can tell "none" from "no data"
         self.stage_children = {s: self.stage.labels(stage=s) for s in STAGES}
         self._request_children: dict = {}
@@ -199,6 +206,9 @@ class GatewayMetrics:
 
     def record_degraded(self, dependency: str) -> None:
         self.degraded.labels(dependency).inc()
+
+    def record_shared_call(self, call: str, requests: int) -> None:
+        self.shared_children[call].observe(requests)
 
     def record_fallback(self, target: str, fallback: str) -> None:
         self.fallbacks.labels(target, fallback).inc()

@@ -21,6 +21,7 @@ from typing import Callable
 from starlette.concurrency import run_in_threadpool
 
 from taxi_mlops.features import schema
+from taxi_mlops.gateway.coalesce import Coalescer
 from taxi_mlops.gateway.errors import DependencyDown
 from taxi_mlops.gateway.features import StoreBreaker, fallback_rows
 from taxi_mlops.gateway.inference import ModelServerError
@@ -66,6 +67,9 @@ class Predictor:
         self._shadow_tasks: set[asyncio.Task] = set()
         self.shadow_counts = {"sent": 0, "failed": 0, "skipped": 0}
         self._breaker = StoreBreaker(settings.feature_store_retry_s)
+        # Concurrent /predicts share one online read and one v2 call per target (coalesce.py).
+        self._feature_reads = Coalescer(self._read_many, settings.gateway_coalesce_max)
+        self._model_calls = Coalescer(self._infer_many, settings.gateway_coalesce_max)
 
     async def feature_lookup(self):
         """The Feast client, built on first use (a Feast client takes seconds to build)."""
@@ -77,7 +81,8 @@ class Predictor:
     async def features_for(self, trip: Trip, strict: bool = False) -> tuple[dict, list[str], bool]:
         """(features, names defaulted, degraded) for one trip; ``strict``: a down store raises
         even with the fallback on (the warm-up must really read it)."""
-        rows, degraded = await self._read_features([trip], self.settings.request_timeout_s, strict)
+        rows, degraded = await self._read_features([trip], self.settings.request_timeout_s, strict,
+                                                   shared=True)
         values, defaulted = rows[0]
         return values, defaulted, degraded
 
@@ -85,10 +90,10 @@ class Predictor:
         """One online read for many trips (batch scoring)."""
         return await self._read_features(trips, self.settings.request_timeout_s * 5)
 
-    async def _read_features(self, trips: list[Trip], timeout_s: float,
-                             strict: bool = False) -> tuple[list[tuple[dict, list[str]]], bool]:
+    async def _read_features(self, trips: list[Trip], timeout_s: float, strict: bool = False,
+                             shared: bool = False) -> tuple[list[tuple[dict, list[str]]], bool]:
         """Store features (and the names defaulted) per trip in one online read, and whether
-        they are the fallback. A down or slow Redis is ``DependencyDown("feature_store")``
+        they are the fallback; ``shared``: the read may carry other requests' keys too. A down or slow Redis is ``DependencyDown("feature_store")``
         within ``timeout_s``, unless ``feature_store_fallback``: then the trips get the last
         prior row read, every feature marked defaulted, and the answer is marked degraded;
         the breaker spares the next requests the wait until the store answers again."""
@@ -98,8 +103,10 @@ class Predictor:
         if fallback and not self._breaker.allow():
             return self._fallback(len(keys)), True
         try:
-            lookup = await self.feature_lookup()
-            rows = await asyncio.wait_for(run_in_threadpool(lookup.lookup_many, keys), timeout_s)
+            if shared:
+                rows = await self._feature_reads.submit(None, keys)
+            else:
+                rows = await self._read_many(None, keys, timeout_s)
         except Exception as exc:  # Feast raises many types for a down Redis
             error = (DependencyDown("feature_store", "feature store (Redis) timed out")
                      if isinstance(exc, asyncio.TimeoutError)
@@ -114,6 +121,27 @@ class Predictor:
             log.info("feature store answers again: predictions no longer degraded")
         return rows, False
 
+    async def _read_many(self, _key, keys: list[tuple], timeout_s: float | None = None) -> list:
+        lookup = await self.feature_lookup()
+        if self.metrics is not None:
+            self.metrics.record_shared_call("feature_read", len(keys))
+        return await asyncio.wait_for(run_in_threadpool(lookup.lookup_many, keys),
+                                      timeout_s or self.settings.request_timeout_s)
+
+    async def _infer(self, request_id: str, rows: list[dict], target: str | None) -> tuple[list[float], str | None]:
+        """(probabilities, version) for ``rows``, in a v2 call shared with concurrent requests
+        to the same target (one call, one version for all of them)."""
+        answers = await self._model_calls.submit(target, [(request_id, row) for row in rows])
+        return [p for p, _ in answers], answers[0][1]
+
+    async def _infer_many(self, target: str | None, items: list[tuple[str, dict]]) -> list:
+        # The v2 id names every request in the call, so the model server's log finds each.
+        ids = ",".join(dict.fromkeys(request_id for request_id, _ in items))
+        if self.metrics is not None:
+            self.metrics.record_shared_call("model_call", ids.count(",") + 1)
+        probabilities, version = await self.inference.infer_batch(ids, [row for _, row in items], target)
+        return [(p, version) for p in probabilities]
+
     def _fallback(self, count: int) -> list[tuple[dict, list[str]]]:
         if self._lookup is not None:
             return self._lookup.fallback(count)
@@ -124,7 +152,7 @@ class Predictor:
         """(probabilities, version, fallback_used) for ``rows`` under ``plan``."""
         if plan.ensemble:
             results = await asyncio.gather(
-                *(self.inference.infer_batch(request_id, rows, t) for t in plan.ensemble),
+                *(self._infer(request_id, rows, t) for t in plan.ensemble),
                 return_exceptions=True)
             answered = [r for r in results if not isinstance(r, BaseException)]
             if not answered:
@@ -133,7 +161,7 @@ class Predictor:
             version = "+".join(v or "?" for _, v in answered)
             return probabilities, version, len(answered) < len(results)
         try:
-            probabilities, version = await self.inference.infer_batch(request_id, rows, plan.target)
+            probabilities, version = await self._infer(request_id, rows, plan.target)
             return probabilities, version, False
         except ModelServerError as exc:
             if not plan.fallback:
@@ -141,7 +169,7 @@ class Predictor:
             log.warning("primary target failed; answering from the fallback",
                         extra={"target": plan.target, "fallback": plan.fallback, "error": str(exc)[:200]})
             try:
-                probabilities, version = await self.inference.infer_batch(request_id, rows, plan.fallback)
+                probabilities, version = await self._infer(request_id, rows, plan.fallback)
             except ModelServerError as exc2:
                 raise DependencyDown("model_server", f"{exc}; fallback {plan.fallback!r}: {exc2}") from exc2
             if self.metrics is not None:
@@ -173,7 +201,7 @@ class Predictor:
         started = time.perf_counter()
         shadow_id = f"{request_id}-shadow"
         try:
-            (probability,), version = await self.inference.infer_batch(shadow_id, [inputs], plan.shadow)
+            (probability,), version = await self._infer(shadow_id, [inputs], plan.shadow)
         except Exception as exc:  # a shadow never affects anything but its own counter
             self.shadow_counts["failed"] += 1
             log.info("shadow request failed", extra={"target": plan.shadow, "error": str(exc)[:200]})

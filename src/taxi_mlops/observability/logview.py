@@ -199,7 +199,8 @@ def _wanted(component: str | Iterable[str] | None) -> set[str] | None:
 def _match(rec: dict, wanted: set[str] | None, request_id: str | None, since: float | None) -> bool:
     if wanted is not None and rec["source"] not in wanted and rec.get("subcomponent") not in wanted:
         return False
-    if request_id is not None and rec.get("request_id") != request_id and not (
+    # A model-server line of a shared call names every request in it, comma-separated.
+    if request_id is not None and request_id not in str(rec.get("request_id") or "").split(",") and not (
             "raw" in rec and re.search(rf"(?<![\w-]){re.escape(request_id)}(?![\w-])", rec["raw"])):
         return False
     return since is None or rec["t"] >= since

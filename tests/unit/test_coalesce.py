@@ -1,0 +1,137 @@
+"""The coalescer: concurrent submits share one call, lone ones go at once, failures reach
+every sharer, cancelled callers are dropped."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from taxi_mlops.gateway.coalesce import Coalescer
+
+
+class Recorder:
+    """A downstream call that records what each call carried and can be held open."""
+
+    def __init__(self, fail_on: set | None = None):
+        self.calls: list[tuple] = []
+        self.gate = asyncio.Event()
+        self.gate.set()
+        self.fail_on = fail_on or set()
+
+    async def __call__(self, key, items):
+        self.calls.append((key, list(items)))
+        await self.gate.wait()
+        if self.fail_on & set(items):
+            raise ConnectionError(f"refused for {sorted(self.fail_on & set(items))}")
+        return [f"{key}:{item}" for item in items]
+
+
+def test_a_lone_request_is_one_call_of_its_own():
+    async def main():
+        call = Recorder()
+        shared = Coalescer(call, 32)
+        assert await shared.submit("a", [1]) == ["a:1"]
+        assert await shared.submit("a", [2, 3]) == ["a:2", "a:3"]
+        return call.calls
+
+    assert asyncio.run(main()) == [("a", [1]), ("a", [2, 3])]
+
+
+def test_requests_queued_during_a_call_share_the_next_and_each_gets_its_own_results():
+    async def main():
+        call = Recorder()
+        shared = Coalescer(call, 32)
+        call.gate.clear()
+        first = asyncio.ensure_future(shared.submit("a", [0]))
+        await asyncio.sleep(0)  # the first call is in flight, held at the gate
+        while not call.calls:
+            await asyncio.sleep(0)
+        rest = [asyncio.ensure_future(shared.submit("a", [i, i + 100])) for i in range(1, 6)]
+        other = asyncio.ensure_future(shared.submit("b", [7]))  # another key: its own call
+        for _ in range(5):
+            await asyncio.sleep(0)
+        call.gate.set()
+        return await first, await asyncio.gather(*rest), await other, call.calls, shared
+
+    first, rest, other, calls, shared = asyncio.run(main())
+    assert first == ["a:0"] and other == ["b:7"]
+    assert rest == [[f"a:{i}", f"a:{i + 100}"] for i in range(1, 6)]
+    assert [c for c in calls if c[0] == "a"] == [
+        ("a", [0]), ("a", [1, 101, 2, 102, 3, 103, 4, 104, 5, 105])]
+    assert shared.calls == 3 and shared.items == 12
+
+
+def test_no_call_carries_more_than_max_items():
+    async def main():
+        call = Recorder()
+        shared = Coalescer(call, 4)
+        call.gate.clear()
+        futures = [asyncio.ensure_future(shared.submit("k", [i])) for i in range(10)]
+        for _ in range(3):
+            await asyncio.sleep(0)
+        call.gate.set()
+        results = await asyncio.gather(*futures)
+        return results, call.calls
+
+    results, calls = asyncio.run(main())
+    assert results == [[f"k:{i}"] for i in range(10)]
+    assert [len(items) for _, items in calls] == [4, 4, 2]
+
+
+def test_a_failed_call_fails_every_request_it_carried_and_no_other():
+    async def main():
+        call = Recorder(fail_on={2})
+        shared = Coalescer(call, 2)
+        call.gate.clear()
+        futures = [asyncio.ensure_future(shared.submit("k", [i])) for i in range(1, 5)]
+        for _ in range(3):
+            await asyncio.sleep(0)
+        call.gate.set()
+        return await asyncio.gather(*futures, return_exceptions=True)
+
+    one, two, three, four = asyncio.run(main())
+    assert isinstance(one, ConnectionError) and isinstance(two, ConnectionError)
+    assert "refused for [2]" in str(one)
+    assert three == ["k:3"] and four == ["k:4"]
+
+
+def test_a_cancelled_caller_is_dropped_and_the_others_still_answered():
+    async def main():
+        call = Recorder()
+        shared = Coalescer(call, 32)
+        call.gate.clear()
+        first = asyncio.ensure_future(shared.submit("k", [0]))
+        while not call.calls:
+            await asyncio.sleep(0)
+        gone = asyncio.ensure_future(shared.submit("k", [1]))
+        kept = asyncio.ensure_future(shared.submit("k", [2]))
+        await asyncio.sleep(0)
+        gone.cancel()
+        await asyncio.sleep(0)
+        call.gate.set()
+        with pytest.raises(asyncio.CancelledError):
+            await gone
+        return await first, await kept, call.calls, shared
+
+    first, kept, calls, shared = asyncio.run(main())
+    assert first == ["k:0"] and kept == ["k:2"]
+    assert calls == [("k", [0]), ("k", [2])]
+    assert not shared._queues and not shared._drains  # nothing left behind
+
+
+def test_max_items_one_makes_every_caller_call_on_its_own():
+    async def main():
+        call = Recorder()
+        shared = Coalescer(call, 1)
+        call.gate.clear()
+        futures = [asyncio.ensure_future(shared.submit("k", [i])) for i in range(3)]
+        await asyncio.sleep(0)
+        call.gate.set()
+        return await asyncio.gather(*futures), call.calls
+
+    results, calls = asyncio.run(main())
+    assert results == [["k:0"], ["k:1"], ["k:2"]]
+    assert calls == [("k", [0]), ("k", [1]), ("k", [2])]
+    with pytest.raises(ValueError, match="at least 1"):
+        Coalescer(Recorder(), 0)
