@@ -295,3 +295,16 @@ def test_streaming_does_not_import_the_stack_package():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.strip().splitlines()[-1] == "[]"
+
+
+def test_an_assignment_starts_at_the_committed_offsets_or_the_beginning():
+    """Explicit start offsets (librdkafka#5586: its own committed-offset fetch can stall)."""
+    from confluent_kafka import OFFSET_BEGINNING, OFFSET_INVALID, TopicPartition
+
+    from taxi_mlops.streaming import clients
+
+    committed = [TopicPartition("taxi.trips.raw", 0, 42), TopicPartition("taxi.trips.raw", 1, OFFSET_INVALID),
+                 TopicPartition("taxi.labels", 0, 0)]
+    start = clients.start_offsets(committed)
+    assert [(tp.topic, tp.partition, tp.offset) for tp in start] == [
+        ("taxi.trips.raw", 0, 42), ("taxi.trips.raw", 1, OFFSET_BEGINNING), ("taxi.labels", 0, 0)]

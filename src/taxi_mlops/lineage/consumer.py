@@ -86,7 +86,7 @@ class PredictionStoreWorker:
         self.metrics_url = metrics.serve(metrics.registry_with(StoreMetrics(self)), self.settings.host,
                                          self.settings.prediction_store_metrics_port, NAME)
         topics.ensure_topics(self.settings)
-        self.consumer.subscribe([topics.PREDICTIONS, topics.LABELS])
+        self.consumer.subscribe([topics.PREDICTIONS, topics.LABELS], on_assign=clients.assign_at_committed)
         self.phase = "running"
         log.info("storing %s and %s in %s", topics.PREDICTIONS, topics.LABELS, self.settings.predictions_store_name)
         while not self.stop_event.is_set():

@@ -114,6 +114,30 @@ def consumer_config(bootstrap_servers: Settings | str, client_id: str, group_id:
     return conf
 
 
+COMMITTED_TIMEOUT_S = 30.0
+
+
+def start_offsets(committed: list) -> list:
+    """Where each partition of an assignment starts: its committed offset, or the beginning
+    when it has none (``auto.offset.reset=earliest``, as ``consumer_config`` sets).
+
+    Assigning explicit offsets skips librdkafka's own committed-offset fetch. That fetch,
+    answered "not coordinator" as a whole (the coordinator moving, e.g. after a broker
+    restart), is never retried: the partitions stay assigned and are never fetched, while
+    the consumer looks healthy (librdkafka#5586, open; seen in our broker-restart test)."""
+    from confluent_kafka import OFFSET_BEGINNING, TopicPartition
+
+    return [TopicPartition(tp.topic, tp.partition, tp.offset if tp.offset >= 0 else OFFSET_BEGINNING)
+            for tp in committed]
+
+
+def assign_at_committed(consumer, partitions) -> None:
+    """``on_assign`` for a subscribing consumer: start at the committed offsets, fetched here
+    (``Consumer.committed`` retries until its timeout) instead of by librdkafka; see
+    ``start_offsets``."""
+    consumer.assign(start_offsets(consumer.committed(partitions, timeout=COMMITTED_TIMEOUT_S)))
+
+
 def admin(bootstrap_servers: Settings | str, quiet: bool = False, only: str | None = None):
     from confluent_kafka.admin import AdminClient
 

@@ -427,7 +427,7 @@ class StreamProcessor:
     def _on_assign(self, consumer, partitions) -> None:
         self.phase = "rebuilding"
         self.stats["rebalances"] += 1
-        committed = consumer.committed(partitions, timeout=30)
+        committed = consumer.committed(partitions, timeout=clients.COMMITTED_TIMEOUT_S)
         rebuild = []
         by_partition: dict[int, list] = {}
         for tp in committed:
@@ -452,9 +452,11 @@ class StreamProcessor:
         self.retired.clear()  # partitions not handed back belong to another instance now
         if rebuild:
             self._rebuild(rebuild)
-        # Resume explicitly: librdkafka keeps a partition's pause across a rebalance that hands
-        # it back (seen after a broker restart: assigned, "running", and never fetching). A
-        # write that still fails pauses it again.
+        # Start at the offsets just fetched (clients.start_offsets: librdkafka's own fetch can
+        # leave a partition never fetched after a broker restart), and resume explicitly:
+        # librdkafka keeps a partition's pause across a rebalance that hands it back. A write
+        # that still fails pauses it again.
+        consumer.assign(clients.start_offsets(committed))
         consumer.resume(partitions)
         self.paused = False
         log.info("assigned %s (rebuilt %d partition logs)",

@@ -143,7 +143,8 @@ class DataQualityWorker:
                 self.stop_event.wait(1.0)
                 continue
             if not self.subscribed:
-                self.consumer.subscribe([topics.TRIPS], on_revoke=self._on_revoke, on_lost=self._on_lost)
+                self.consumer.subscribe([topics.TRIPS], on_assign=clients.assign_at_committed,
+                                        on_revoke=self._on_revoke, on_lost=self._on_lost)
                 self.subscribed = True
                 log.info("checking %s as group %s against %s", topics.TRIPS, GROUP, self.reference.schema_uri)
             for msg in self.consumer.consume(self.batch_size, 0.2):
