@@ -134,8 +134,17 @@ def start_offsets(committed: list) -> list:
 def assign_at_committed(consumer, partitions) -> None:
     """``on_assign`` for a subscribing consumer: start at the committed offsets, fetched here
     (``Consumer.committed`` retries until its timeout) instead of by librdkafka; see
-    ``start_offsets``."""
-    consumer.assign(start_offsets(consumer.committed(partitions, timeout=COMMITTED_TIMEOUT_S)))
+    ``start_offsets``. If even that fails, librdkafka fetches them (the old way)."""
+    from confluent_kafka import KafkaException
+
+    try:
+        committed = consumer.committed(partitions, timeout=COMMITTED_TIMEOUT_S)
+    except KafkaException as exc:
+        logging.getLogger(__name__).warning(
+            "could not fetch the committed offsets (%s); librdkafka fetches them instead", exc)
+        consumer.assign(partitions)
+        return
+    consumer.assign(start_offsets(committed))
 
 
 def admin(bootstrap_servers: Settings | str, quiet: bool = False, only: str | None = None):
