@@ -170,6 +170,9 @@ class Settings(BaseSettings):
     gateway_coalesce_max: int = Field(32, ge=1, le=64, description=(
         "Concurrent /predicts share one online read and one model call per target, at most "
         "this many per call (no timer: a lone request goes at once); 1 turns sharing off."))
+    gateway_coalesce_in_flight: int = Field(1, ge=1, le=16, description=(
+        "Shared calls per target (and feature reads) running at once; below it a request is "
+        "sent at once, at it requests queue for the next call."))
 
     # ---- serving and rollout (issue 7) ------------------------------------------------------
     model_server_replicas: int = Field(1, ge=1, le=16, description=(

@@ -76,7 +76,8 @@ def test_no_call_carries_more_than_max_items():
 
     results, calls = asyncio.run(main())
     assert results == [[f"k:{i}"] for i in range(10)]
-    assert [len(items) for _, items in calls] == [4, 4, 2]
+    # the first went at once, alone; the rest queued behind it
+    assert [len(items) for _, items in calls] == [1, 4, 4, 1]
 
 
 def test_a_failed_call_fails_every_request_it_carried_and_no_other():
@@ -90,10 +91,10 @@ def test_a_failed_call_fails_every_request_it_carried_and_no_other():
         call.gate.set()
         return await asyncio.gather(*futures, return_exceptions=True)
 
-    one, two, three, four = asyncio.run(main())
-    assert isinstance(one, ConnectionError) and isinstance(two, ConnectionError)
-    assert "refused for [2]" in str(one)
-    assert three == ["k:3"] and four == ["k:4"]
+    one, two, three, four = asyncio.run(main())  # calls: [1], [2, 3], [4]
+    assert isinstance(two, ConnectionError) and isinstance(three, ConnectionError)
+    assert "refused for [2]" in str(three)
+    assert one == ["k:1"] and four == ["k:4"]
 
 
 def test_a_cancelled_caller_is_dropped_and_the_others_still_answered():
@@ -117,7 +118,7 @@ def test_a_cancelled_caller_is_dropped_and_the_others_still_answered():
     first, kept, calls, shared = asyncio.run(main())
     assert first == ["k:0"] and kept == ["k:2"]
     assert calls == [("k", [0]), ("k", [2])]
-    assert not shared._queues and not shared._drains  # nothing left behind
+    assert not shared._queues and not shared._in_flight and not shared._tasks  # nothing left behind
 
 
 def test_max_items_one_makes_every_caller_call_on_its_own():
@@ -135,3 +136,25 @@ def test_max_items_one_makes_every_caller_call_on_its_own():
     assert calls == [("k", [0]), ("k", [1]), ("k", [2])]
     with pytest.raises(ValueError, match="at least 1"):
         Coalescer(Recorder(), 0)
+
+
+def test_below_max_in_flight_a_request_goes_at_once_and_past_it_requests_share_the_next_call():
+    async def main():
+        call = Recorder()
+        shared = Coalescer(call, 32, max_in_flight=2)
+        call.gate.clear()
+        first = asyncio.ensure_future(shared.submit("k", [1]))
+        second = asyncio.ensure_future(shared.submit("k", [2]))  # a slot is free: its own call
+        for _ in range(3):
+            await asyncio.sleep(0)
+        assert call.calls == [("k", [1]), ("k", [2])]
+        queued = [asyncio.ensure_future(shared.submit("k", [i])) for i in (3, 4, 5)]
+        for _ in range(3):
+            await asyncio.sleep(0)
+        assert len(call.calls) == 2  # both slots busy: they wait
+        call.gate.set()
+        return await first, await second, await asyncio.gather(*queued), call.calls
+
+    first, second, queued, calls = asyncio.run(main())
+    assert (first, second, queued) == (["k:1"], ["k:2"], [["k:3"], ["k:4"], ["k:5"]])
+    assert calls[2:] == [("k", [3, 4, 5])]

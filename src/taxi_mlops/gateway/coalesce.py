@@ -6,9 +6,10 @@ batches them into one ``predict``). Each ``/predict`` making its own calls spend
 cores on HTTP and thread hops; sharing them is what keeps 400 requests/s open loop from
 collapsing (README, "Serving performance").
 
-There is no timer: a request that arrives alone is sent at once. While a call is in flight,
-requests for the same key queue; the next call takes all of them (up to ``max_items``
-items). So the batch size follows the load and idle latency is unchanged.
+There is no timer: a request is sent at once while fewer than ``max_in_flight`` calls for its
+key are running. Past that, requests queue, and the next call takes all of them (up to
+``max_items`` items). So the batch size follows the load, and a lightly loaded gateway
+does not make a request wait for another's call.
 """
 
 from __future__ import annotations
@@ -21,20 +22,23 @@ from typing import Any, Awaitable, Callable, Hashable
 class Coalescer:
     """``await submit(key, items)`` -> one result per item, in order.
 
-    ``call(key, items)`` is awaited with the items of every caller that queued for ``key``
-    while the previous call ran; it returns one result per item. A failed call fails every
-    caller that shared it (each then decides for itself: fallback, 503, ...). A caller that
-    is cancelled while queued is dropped from the next call. ``max_items`` 1 turns sharing
-    off: each caller makes its own call.
+    ``call(key, items)`` is awaited with the items of every caller that queued for ``key``;
+    it returns one result per item. At most ``max_in_flight`` calls per key run at once: below
+    that a request is sent at once, as without sharing; at the limit, requests queue and the
+    next call to finish hands its slot to all of them (up to ``max_items`` items). A failed
+    call fails every caller that shared it (each then decides for itself: fallback, 503,
+    ...). A caller cancelled while queued is dropped. ``max_items`` 1 turns sharing off.
     """
 
-    def __init__(self, call: Callable[[Any, list], Awaitable[list]], max_items: int):
-        if max_items < 1:
-            raise ValueError(f"max_items must be at least 1, got {max_items}")
+    def __init__(self, call: Callable[[Any, list], Awaitable[list]], max_items: int, max_in_flight: int = 1):
+        if max_items < 1 or max_in_flight < 1:
+            raise ValueError(f"max_items and max_in_flight must be at least 1, got {max_items}, {max_in_flight}")
         self._call = call
         self.max_items = max_items
+        self.max_in_flight = max_in_flight
         self._queues: dict[Hashable, deque] = {}
-        self._drains: dict[Hashable, asyncio.Task] = {}
+        self._in_flight: dict[Hashable, int] = {}
+        self._tasks: set[asyncio.Task] = set()
         self.calls = 0  # calls made, and items carried: their ratio is the sharing achieved
         self.items = 0
 
@@ -43,12 +47,25 @@ class Coalescer:
             self.calls += 1
             self.items += len(items)
             return await self._call(key, items)
-        loop = asyncio.get_running_loop()
-        waiter = loop.create_future()
+        waiter = asyncio.get_running_loop().create_future()
         self._queues.setdefault(key, deque()).append((items, waiter))
-        if key not in self._drains:
-            self._drains[key] = loop.create_task(self._drain(key))
+        self._pump(key)
         return await waiter
+
+    def _pump(self, key: Hashable) -> None:
+        """Start calls for ``key`` while slots are free and requests wait; forget an idle key."""
+        queue = self._queues.get(key)
+        while queue and self._in_flight.get(key, 0) < self.max_in_flight:
+            batch = self._next_batch(queue)
+            if not batch:
+                break
+            self._in_flight[key] = self._in_flight.get(key, 0) + 1
+            task = asyncio.get_running_loop().create_task(self._run(key, batch))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+        if queue is not None and not queue and not self._in_flight.get(key):
+            del self._queues[key]
+            self._in_flight.pop(key, None)
 
     def _next_batch(self, queue: deque) -> list[tuple[list, asyncio.Future]]:
         batch, size = [], 0
@@ -60,43 +77,28 @@ class Coalescer:
             size += len(items)
         return batch
 
-    async def _drain(self, key: Hashable) -> None:
-        """Calls for ``key`` until its queue is empty; the queue is read between calls only,
-        so whatever arrived during a call goes in the next one."""
-        queue = self._queues[key]
+    async def _run(self, key: Hashable, batch: list[tuple[list, asyncio.Future]]) -> None:
+        flat = [item for items, _ in batch for item in items]
+        self.calls += 1
+        self.items += len(flat)
         try:
-            while queue:
-                batch = self._next_batch(queue)
-                if not batch:
-                    continue
-                flat = [item for items, _ in batch for item in items]
-                self.calls += 1
-                self.items += len(flat)
-                try:
-                    results = await self._call(key, flat)
-                except asyncio.CancelledError:
-                    for _, waiter in batch:
-                        waiter.cancel()
-                    raise
-                except Exception as exc:
-                    for _, waiter in batch:
-                        if not waiter.done():
-                            waiter.set_exception(exc)
-                    continue
-                if len(results) != len(flat):
-                    error = RuntimeError(f"a shared call returned {len(results)} results for {len(flat)} items")
-                    for _, waiter in batch:
-                        if not waiter.done():
-                            waiter.set_exception(error)
-                    continue
-                position = 0
-                for items, waiter in batch:
-                    if not waiter.done():
-                        waiter.set_result(results[position:position + len(items)])
-                    position += len(items)
-        finally:
-            for _, waiter in queue:  # only when the drain itself was cancelled (shutdown)
+            results = await self._call(key, flat)
+            if len(results) != len(flat):
+                raise RuntimeError(f"a shared call returned {len(results)} results for {len(flat)} items")
+        except asyncio.CancelledError:  # shutdown: the callers are cancelled too
+            for _, waiter in batch:
+                waiter.cancel()
+            raise
+        except Exception as exc:
+            for _, waiter in batch:
                 if not waiter.done():
-                    waiter.cancel()
-            del self._queues[key]
-            del self._drains[key]
+                    waiter.set_exception(exc)
+        else:
+            position = 0
+            for items, waiter in batch:
+                if not waiter.done():
+                    waiter.set_result(results[position:position + len(items)])
+                position += len(items)
+        finally:
+            self._in_flight[key] -= 1
+            self._pump(key)  # what queued during this call goes now

@@ -68,8 +68,10 @@ class Predictor:
         self.shadow_counts = {"sent": 0, "failed": 0, "skipped": 0}
         self._breaker = StoreBreaker(settings.feature_store_retry_s)
         # Concurrent /predicts share one online read and one v2 call per target (coalesce.py).
-        self._feature_reads = Coalescer(self._read_many, settings.gateway_coalesce_max)
-        self._model_calls = Coalescer(self._infer_many, settings.gateway_coalesce_max)
+        self._feature_reads = Coalescer(self._read_many, settings.gateway_coalesce_max,
+                                        settings.gateway_coalesce_in_flight)
+        self._model_calls = Coalescer(self._infer_many, settings.gateway_coalesce_max,
+                                      settings.gateway_coalesce_in_flight)
 
     async def feature_lookup(self):
         """The Feast client, built on first use (a Feast client takes seconds to build)."""
