@@ -95,8 +95,8 @@ class Predictor:
     async def _read_features(self, trips: list[Trip], timeout_s: float, strict: bool = False,
                              shared: bool = False) -> tuple[list[tuple[dict, list[str]]], bool]:
         """Store features (and the names defaulted) per trip in one online read, and whether
-        they are the fallback; ``shared``: the read may carry other requests' keys too. A down or slow Redis is ``DependencyDown("feature_store")``
-        within ``timeout_s``, unless ``feature_store_fallback``: then the trips get the last
+        they are the fallback; ``shared``: the read may carry other requests' keys too. A
+        down or slow Redis is ``DependencyDown("feature_store")`` within ``timeout_s``, unless ``feature_store_fallback``: then the trips get the last
         prior row read, every feature marked defaulted, and the answer is marked degraded;
         the breaker spares the next requests the wait until the store answers again."""
         keys = [(t.pickup_community_area if t.pickup_community_area is not None else schema.MISSING_AREA,
