@@ -20,6 +20,7 @@ import base64
 import json
 import os
 import platform
+import random
 import shutil
 import statistics
 import subprocess
@@ -152,8 +153,6 @@ async def open_loop(client: httpx.AsyncClient, url: str, trips: list[dict], rate
                     seconds: float) -> tuple[list[float], dict, float]:
     """Send ``rate * seconds`` requests on schedule from Python (fine below ~200 req/s);
     (latencies in ms, status counts, elapsed s)."""
-    import random
-
     latencies, statuses = [], {}
 
     async def one(trip):

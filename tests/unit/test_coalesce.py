@@ -27,6 +27,21 @@ class Recorder:
         return [f"{key}:{item}" for item in items]
 
 
+async def settle(turns: int = 3) -> None:
+    """Let the tasks just submitted run until each is queued or in flight."""
+    for _ in range(turns):
+        await asyncio.sleep(0)
+
+
+async def held_first_call(shared: Coalescer, call: Recorder, key, items) -> asyncio.Future:
+    """A first submit whose call is in flight, held at the closed gate."""
+    call.gate.clear()
+    first = asyncio.ensure_future(shared.submit(key, items))
+    while not call.calls:
+        await asyncio.sleep(0)
+    return first
+
+
 def test_a_lone_request_is_one_call_of_its_own():
     async def main():
         call = Recorder()
@@ -40,26 +55,21 @@ def test_a_lone_request_is_one_call_of_its_own():
 
 def test_requests_queued_during_a_call_share_the_next_and_each_gets_its_own_results():
     async def main():
-        call = Recorder()
-        shared = Coalescer(call, 32)
-        call.gate.clear()
-        first = asyncio.ensure_future(shared.submit("a", [0]))
-        await asyncio.sleep(0)  # the first call is in flight, held at the gate
-        while not call.calls:
-            await asyncio.sleep(0)
+        call, callers = Recorder(), []
+        shared = Coalescer(call, 32, observe=callers.append)
+        first = await held_first_call(shared, call, "a", [0])
         rest = [asyncio.ensure_future(shared.submit("a", [i, i + 100])) for i in range(1, 6)]
         other = asyncio.ensure_future(shared.submit("b", [7]))  # another key: its own call
-        for _ in range(5):
-            await asyncio.sleep(0)
+        await settle(5)
         call.gate.set()
-        return await first, await asyncio.gather(*rest), await other, call.calls, shared
+        return await first, await asyncio.gather(*rest), await other, call.calls, callers
 
-    first, rest, other, calls, shared = asyncio.run(main())
+    first, rest, other, calls, callers = asyncio.run(main())
     assert first == ["a:0"] and other == ["b:7"]
     assert rest == [[f"a:{i}", f"a:{i + 100}"] for i in range(1, 6)]
     assert [c for c in calls if c[0] == "a"] == [
         ("a", [0]), ("a", [1, 101, 2, 102, 3, 103, 4, 104, 5, 105])]
-    assert shared.calls == 3 and shared.items == 12
+    assert callers == [1, 1, 5] and sum(len(items) for _, items in calls) == 12
 
 
 def test_no_call_carries_more_than_max_items():
@@ -68,8 +78,7 @@ def test_no_call_carries_more_than_max_items():
         shared = Coalescer(call, 4)
         call.gate.clear()
         futures = [asyncio.ensure_future(shared.submit("k", [i])) for i in range(10)]
-        for _ in range(3):
-            await asyncio.sleep(0)
+        await settle()
         call.gate.set()
         results = await asyncio.gather(*futures)
         return results, call.calls
@@ -86,8 +95,7 @@ def test_a_failed_call_fails_every_request_it_carried_and_no_other():
         shared = Coalescer(call, 2)
         call.gate.clear()
         futures = [asyncio.ensure_future(shared.submit("k", [i])) for i in range(1, 5)]
-        for _ in range(3):
-            await asyncio.sleep(0)
+        await settle()
         call.gate.set()
         return await asyncio.gather(*futures, return_exceptions=True)
 
@@ -101,10 +109,7 @@ def test_a_cancelled_caller_is_dropped_and_the_others_still_answered():
     async def main():
         call = Recorder()
         shared = Coalescer(call, 32)
-        call.gate.clear()
-        first = asyncio.ensure_future(shared.submit("k", [0]))
-        while not call.calls:
-            await asyncio.sleep(0)
+        first = await held_first_call(shared, call, "k", [0])
         gone = asyncio.ensure_future(shared.submit("k", [1]))
         kept = asyncio.ensure_future(shared.submit("k", [2]))
         await asyncio.sleep(0)
@@ -145,12 +150,10 @@ def test_below_max_in_flight_a_request_goes_at_once_and_past_it_requests_share_t
         call.gate.clear()
         first = asyncio.ensure_future(shared.submit("k", [1]))
         second = asyncio.ensure_future(shared.submit("k", [2]))  # a slot is free: its own call
-        for _ in range(3):
-            await asyncio.sleep(0)
+        await settle()
         assert call.calls == [("k", [1]), ("k", [2])]
         queued = [asyncio.ensure_future(shared.submit("k", [i])) for i in (3, 4, 5)]
-        for _ in range(3):
-            await asyncio.sleep(0)
+        await settle()
         assert len(call.calls) == 2  # both slots busy: they wait
         call.gate.set()
         return await first, await second, await asyncio.gather(*queued), call.calls

@@ -28,9 +28,11 @@ class Coalescer:
     next call to finish hands its slot to all of them (up to ``max_items`` items). A failed
     call fails every caller that shared it (each then decides for itself: fallback, 503,
     ...). A caller cancelled while queued is dropped. ``max_items`` 1 turns sharing off.
+    ``observe(callers)``, if given, is told how many callers each call carried.
     """
 
-    def __init__(self, call: Callable[[Any, list], Awaitable[list]], max_items: int, max_in_flight: int = 1):
+    def __init__(self, call: Callable[[Any, list], Awaitable[list]], max_items: int, max_in_flight: int = 1,
+                 observe: Callable[[int], None] | None = None):
         if max_items < 1 or max_in_flight < 1:
             raise ValueError(f"max_items and max_in_flight must be at least 1, got {max_items}, {max_in_flight}")
         self._call = call
@@ -39,13 +41,11 @@ class Coalescer:
         self._queues: dict[Hashable, deque] = {}
         self._in_flight: dict[Hashable, int] = {}
         self._tasks: set[asyncio.Task] = set()
-        self.calls = 0  # calls made, and items carried: their ratio is the sharing achieved
-        self.items = 0
+        self._observe = observe or (lambda callers: None)
 
     async def submit(self, key: Hashable, items: list) -> list:
         if self.max_items == 1 or len(items) >= self.max_items:
-            self.calls += 1
-            self.items += len(items)
+            self._observe(1)
             return await self._call(key, items)
         waiter = asyncio.get_running_loop().create_future()
         self._queues.setdefault(key, deque()).append((items, waiter))
@@ -79,8 +79,7 @@ class Coalescer:
 
     async def _run(self, key: Hashable, batch: list[tuple[list, asyncio.Future]]) -> None:
         flat = [item for items, _ in batch for item in items]
-        self.calls += 1
-        self.items += len(flat)
+        self._observe(len(batch))
         try:
             results = await self._call(key, flat)
             if len(results) != len(flat):

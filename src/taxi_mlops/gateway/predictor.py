@@ -68,10 +68,14 @@ class Predictor:
         self.shadow_counts = {"sent": 0, "failed": 0, "skipped": 0}
         self._breaker = StoreBreaker(settings.feature_store_retry_s)
         # Concurrent /predicts share one online read and one v2 call per target (coalesce.py).
+        # The metric counts requests per call (a batch-scoring read is one request, not shared).
+        record = None if metrics is None else metrics.record_shared_call
         self._feature_reads = Coalescer(self._read_many, settings.gateway_coalesce_max,
-                                        settings.gateway_coalesce_in_flight)
+                                        settings.gateway_coalesce_in_flight,
+                                        record and functools.partial(record, "feature_read"))
         self._model_calls = Coalescer(self._infer_many, settings.gateway_coalesce_max,
-                                      settings.gateway_coalesce_in_flight)
+                                      settings.gateway_coalesce_in_flight,
+                                      record and functools.partial(record, "model_call"))
 
     async def feature_lookup(self):
         """The Feast client, built on first use (a Feast client takes seconds to build)."""
@@ -96,9 +100,10 @@ class Predictor:
                              shared: bool = False) -> tuple[list[tuple[dict, list[str]]], bool]:
         """Store features (and the names defaulted) per trip in one online read, and whether
         they are the fallback; ``shared``: the read may carry other requests' keys too. A
-        down or slow Redis is ``DependencyDown("feature_store")`` within ``timeout_s``, unless ``feature_store_fallback``: then the trips get the last
-        prior row read, every feature marked defaulted, and the answer is marked degraded;
-        the breaker spares the next requests the wait until the store answers again."""
+        down or slow Redis is ``DependencyDown("feature_store")`` within ``timeout_s``, unless
+        ``feature_store_fallback``: then the trips get the last prior row read, every feature
+        marked defaulted, and the answer is marked degraded; the breaker spares the next
+        requests the wait until the store answers again."""
         keys = [(t.pickup_community_area if t.pickup_community_area is not None else schema.MISSING_AREA,
                  t.company or schema.MISSING_COMPANY) for t in trips]
         fallback = self.settings.feature_store_fallback and not strict
@@ -125,8 +130,6 @@ class Predictor:
 
     async def _read_many(self, _key, keys: list[tuple], timeout_s: float | None = None) -> list:
         lookup = await self.feature_lookup()
-        if self.metrics is not None:
-            self.metrics.record_shared_call("feature_read", len(keys))
         return await asyncio.wait_for(run_in_threadpool(lookup.lookup_many, keys),
                                       timeout_s or self.settings.request_timeout_s)
 
@@ -139,8 +142,6 @@ class Predictor:
     async def _infer_many(self, target: str | None, items: list[tuple[str, dict]]) -> list:
         # The v2 id names every request in the call, so the model server's log finds each.
         ids = ",".join(dict.fromkeys(request_id for request_id, _ in items))
-        if self.metrics is not None:
-            self.metrics.record_shared_call("model_call", ids.count(",") + 1)
         probabilities, version = await self.inference.infer_batch(ids, [row for _, row in items], target)
         return [(p, version) for p in probabilities]
 
