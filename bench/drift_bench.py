@@ -120,6 +120,7 @@ SCENARIOS = [
 PROBES = [  # at or below the thresholds on purpose: where detection stops
     Scenario("fare x1.1", ("fare",), _scale("fare", 1.1)),
     Scenario("fare x1.2", ("fare",), _scale("fare", 1.2)),
+    Scenario("trip_miles x1.3", ("trip_miles",), _scale("trip_miles", 1.3)),
     Scenario("company missing 10%", ("company",), _share(0.1, _drop("company"))),
 ]
 
@@ -283,8 +284,8 @@ def main() -> None:
     print(f"machine: {machine()}")
     print(f"reference: {stats_uri} (train split, {reference.num_examples} trips, {len(reference.features)} "
           f"features); rows: {len(rows)} from {settings.data_csv.name}, shuffled")
-    print(f"window {args.window} events; thresholds: JS {thresholds.js}, L-inf {thresholds.linf}, "
-          f"missing {thresholds.missing}, min {thresholds.min_events} events; report-only: "
+    print(f"window {args.window} events; thresholds: JS {thresholds.js}, shape JS {thresholds.shape_js}, "
+          f"L-inf {thresholds.linf}, missing {thresholds.missing}, min {thresholds.min_events} events; report-only: "
           f"{', '.join(thresholds.report_only)}")
     if args.calibration is not None:
         label_ref = lp.label_reference(json.loads(args.calibration.read_text()))
@@ -311,10 +312,12 @@ def main() -> None:
     cpu_s = time.process_time() - started
     false_alarms = [r for _, r in clean if r.is_drift]
     js_max = max(s.get(drift.JS, 0) for _, r in clean for f, s in r.scores.items() if f not in thresholds.report_only)
+    shape_max = max((s[drift.JS_SHAPE] for _, r in clean for f, s in r.scores.items()
+                     if drift.JS_SHAPE in s and f not in thresholds.report_only), default=0.0)
     linf_max = max(s.get(drift.LINF, 0) for _, r in clean for s in r.scores.values())
     print(f"clean: {len(clean)} windows, {pipe.events} events, {len(false_alarms)} drifted "
           f"({', '.join(sorted({f for r in false_alarms for f in r.drifted})) or 'none'}); "
-          f"max decided JS {js_max:.3f}, max L-inf {linf_max:.3f}; {pipe.violating} trips with violations")
+          f"max decided JS {js_max:.3f}, shape JS {shape_max:.3f}, L-inf {linf_max:.3f}; {pipe.violating} trips with violations")
 
     # The data set as `taxi-mlops replay` sends it (time order), and as stored (file order):
     # not stationary, so reported beside the shuffled control, not counted in it.

@@ -125,6 +125,9 @@ class Settings(BaseSettings):
     # JS >= 0.336.
     drift_threshold_js: float = Field(
         0.25, description="Numeric feature drifts above this Jensen-Shannon distance (base 2) to training.")
+    drift_threshold_shape_js: float = Field(
+        0.18, description="A numeric feature with a heavy value (0 miles) drifts above this Jensen-Shannon "
+                          "distance over the rest of its distribution (the shape off the point masses).")
     drift_threshold_linf: float = Field(
         0.15, description="Categorical feature drifts above this L-infinity distance of category shares.")
     drift_threshold_missing: float = Field(

@@ -90,7 +90,7 @@ def test_tfdv_point_masses_land_in_their_bin():
     for low, high, n in ((0, 0, 2), (0, 0, 2), (0, 1, 3), (1, 5, 3)):
         hist.buckets.add(low_value=low, high_value=high, sample_count=n)
     ref = drift.build_reference(ds, "1").features["trip_miles"]
-    assert ref.probs == pytest.approx([0.4, 0.3, 0.3, 0.0])
+    assert ref.probs == pytest.approx([0.4, 0.3, 0.3, 0.0]) and ref.point_masses == [0]
     assert list(ref.bin_counts([0, 0, 0, 0, 0.5, 0.5, 1, 3, 5, 5])) == [4, 3, 3, 0]
     assert drift.score(drift.DriftReference("1", "", "train", 10, {"trip_miles": ref}),
                        _one_feature("trip_miles", [0, 0, 0, 0, 0.5, 0.5, 1, 3, 5, 5]),
@@ -152,6 +152,51 @@ def test_small_windows_are_not_scored_and_calendar_features_only_reported(refere
     assert result.scores["trip_start_hour"][drift.JS] > 0.5 and not result.is_drift  # report-only
     strict = drift.Thresholds(report_only=())
     assert drift.score(reference, _window(night), strict).drifted == {"trip_start_hour": [drift.JS]}
+
+
+def _miles(rng, n, zeros=0.25, scale=1.0) -> np.ndarray:
+    """Trip miles as on this data set: a quarter exactly 0, the rest log-normal."""
+    return np.where(rng.random(n) < zeros, 0.0, np.round(rng.lognormal(0.8, 0.9, n), 2)) * scale
+
+
+def _miles_reference() -> drift.DriftReference:
+    """TFDV's shape for a heavy value: [0, 0] buckets for the zeros, deciles of the rest."""
+    values = _miles(np.random.default_rng(11), N_TRAIN)
+    positive = values[values > 0]
+    ds = statistics_pb2.DatasetFeatureStatistics(num_examples=N_TRAIN)
+    feat = ds.features.add()
+    feat.path.step.append("trip_miles")
+    feat.num_stats.common_stats.num_non_missing = N_TRAIN
+    hist = feat.num_stats.histograms.add(type=statistics_pb2.Histogram.QUANTILES)
+    for _ in range(2):
+        hist.buckets.add(low_value=0, high_value=0, sample_count=(values == 0).sum() / 2)
+    edges = np.quantile(positive, np.linspace(0, 1, 11))
+    edges[0] = 0.0
+    for low, high in zip(edges[:-1], edges[1:]):
+        hist.buckets.add(low_value=low, high_value=high,
+                         sample_count=float(((positive > low) & (positive <= high)).sum()))
+    return drift.build_reference(ds, "3")
+
+
+def test_a_unit_bug_under_a_point_mass_drifts_on_the_shape_and_more_zeros_do_not():
+    """Miles sent as km move only the non-zero three quarters: the plain distance, diluted by
+    the shared zeros, stays under its threshold; the shape off the point mass does not. A
+    year that logs 44 % of its trips as 0 miles moves the point mass, not the shape."""
+    reference = _miles_reference()
+    assert reference.features["trip_miles"].point_masses == [0]
+    rng = np.random.default_rng(12)
+
+    def scored(values):
+        return drift.score(reference, _one_feature("trip_miles", values.tolist()), THRESHOLDS)
+
+    for _ in range(5):
+        clean = scored(_miles(rng, 1000))
+        assert not clean.is_drift and clean.scores["trip_miles"][drift.JS_SHAPE] < THRESHOLDS.shape_js / 2
+    km = scored(_miles(rng, 1000, scale=1.609))
+    assert km.drifted == {"trip_miles": [drift.JS_SHAPE]}
+    assert km.scores["trip_miles"][drift.JS] < THRESHOLDS.js
+    zeros = scored(_miles(rng, 1000, zeros=0.44))
+    assert zeros.scores["trip_miles"][drift.JS_SHAPE] < THRESHOLDS.shape_js / 2 and not zeros.is_drift
 
 
 def test_reference_cache_round_trip(tmp_path, monkeypatch):

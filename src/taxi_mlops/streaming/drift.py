@@ -12,7 +12,11 @@ reference is what StatisticsGen already computed for the run that trained the ch
   frequencies plus an ``other`` bucket; both with the training missing rate.
 * ``DriftWindow`` collects one window's values (cheap per event: list appends).
 * ``score`` compares the window with the reference per feature and test: numeric
-  ``jensen_shannon`` distance (base 2, in [0, 1]) over the reference buckets, and
+  ``jensen_shannon`` distance (base 2, in [0, 1]) over the reference buckets;
+  ``jensen_shannon_shape``, the same over the bins that hold no point mass, for features
+  that have one (a quarter of the trips are 0 miles: that shared mass hides a unit bug,
+  miles sent as km, from the plain distance, while 2013's surplus of 0-mile trips moves
+  only the point mass and not the shape); and
   ``wasserstein`` between the bucket-index distributions divided by the bucket count
   (how far mass moved, in shares of the reference's quantiles; reported, not decided on);
   categorical ``linf`` (max |frequency difference|, TFDV's comparator); every feature
@@ -40,10 +44,11 @@ from scipy.stats import wasserstein_distance
 from tensorflow_metadata.proto.v0 import statistics_pb2
 
 NUMERIC, CATEGORICAL = "numeric", "categorical"
-JS, WASSERSTEIN, LINF, MISSING = "jensen_shannon", "wasserstein", "linf", "missing_rate"
-TESTS = (JS, WASSERSTEIN, LINF, MISSING)
+JS, JS_SHAPE, WASSERSTEIN = "jensen_shannon", "jensen_shannon_shape", "wasserstein"
+LINF, MISSING = "linf", "missing_rate"
+TESTS = (JS, JS_SHAPE, WASSERSTEIN, LINF, MISSING)
 OTHER = "__other__"
-REFERENCE_FORMAT = 1
+REFERENCE_FORMAT = 2
 TRAIN_SPLIT = "train"
 
 # The trip event's fields that are training features (``quality_checks.TRIP_FIELDS``).
@@ -62,6 +67,7 @@ class Thresholds:
     """Decision thresholds (``Settings.drift_*``); see README "Drift" for how they were measured."""
 
     js: float = 0.25
+    shape_js: float = 0.18
     linf: float = 0.15
     missing: float = 0.1
     min_events: int = 500
@@ -69,7 +75,8 @@ class Thresholds:
 
     @classmethod
     def from_settings(cls, settings) -> "Thresholds":
-        return cls(js=settings.drift_threshold_js, linf=settings.drift_threshold_linf,
+        return cls(js=settings.drift_threshold_js, shape_js=settings.drift_threshold_shape_js,
+                   linf=settings.drift_threshold_linf,
                    missing=settings.drift_threshold_missing, min_events=settings.drift_min_events,
                    report_only=tuple(f.strip() for f in settings.drift_report_only_features.split(",") if f.strip()))
 
@@ -82,6 +89,7 @@ class FeatureReference:
     missing_rate: float
     edges: list[float] = field(default_factory=list)
     categories: list[str] = field(default_factory=list)
+    point_masses: list[int] = field(default_factory=list)  # numeric: bins holding a TFDV [a, a] bucket
 
     def __post_init__(self) -> None:
         self._edges32 = np.asarray(self.edges, dtype=np.float32)
@@ -157,14 +165,17 @@ def _numeric(name: str, num) -> FeatureReference:
     if first.low_value < first.high_value:  # the lowest bucket is closed on the left: min is in it
         edges[0] = float(np.nextafter(np.float32(edges[0]), np.float32(-np.inf)))
     edges32 = np.asarray(edges, dtype=np.float32)
-    probs = np.zeros(len(edges) + 1)
+    probs, point_masses = np.zeros(len(edges) + 1), set()
     for b in hist.buckets:  # a bucket (low, high] is the bin ending at high; a point mass too
-        probs[int(np.searchsorted(edges32, np.float32(b.high_value), side="left"))] += b.sample_count
+        index = int(np.searchsorted(edges32, np.float32(b.high_value), side="left"))
+        probs[index] += b.sample_count
+        if b.low_value == b.high_value:
+            point_masses.add(index)
     total = probs.sum()
     if total <= 0:
         raise ValueError(f"{name}: empty histogram")
     return FeatureReference(name, NUMERIC, (probs / total).tolist(), _missing_rate(num.common_stats),
-                            edges=[float(e) for e in edges32])
+                            edges=[float(e) for e in edges32], point_masses=sorted(point_masses))
 
 
 def _categorical(name: str, string) -> FeatureReference:
@@ -277,6 +288,19 @@ def _js(p: np.ndarray, q: np.ndarray) -> float:
     return 0.0 if math.isnan(d) else d
 
 
+def _shape_js(ref: FeatureReference, p: np.ndarray, counts: np.ndarray) -> float | None:
+    """The distance between the parts of both distributions off the point masses, each
+    renormalised; None without a point mass, or when either part is empty."""
+    if not ref.point_masses:
+        return None
+    keep = np.ones(len(p), dtype=bool)
+    keep[ref.point_masses] = False
+    p_rest, q_rest = p[keep], counts[keep]
+    if p_rest.sum() <= 0 or q_rest.sum() <= 0:
+        return None
+    return _js(p_rest / p_rest.sum(), q_rest / q_rest.sum())
+
+
 def score(reference: DriftReference, window: DriftWindow, thresholds: Thresholds) -> DriftResult | None:
     """Per feature and test, the window against the reference; None under ``min_events``."""
     if window.events < max(1, thresholds.min_events):
@@ -293,13 +317,17 @@ def score(reference: DriftReference, window: DriftWindow, thresholds: Thresholds
             p, q = np.asarray(ref.probs), counts / counts.sum()
             if ref.kind == NUMERIC:
                 out[JS] = _js(p, q)
+                shape = _shape_js(ref, p, counts)
+                if shape is not None:
+                    out[JS_SHAPE] = shape
                 bins = np.arange(len(p), dtype=float)
                 out[WASSERSTEIN] = float(wasserstein_distance(bins, bins, p + 1e-12, q + 1e-12)) / len(p)
             else:
                 out[LINF] = float(np.max(np.abs(p - q)))
         scores[name] = {k: round(v, 6) for k, v in out.items()}
         decided = ((MISSING, thresholds.missing),) if name in thresholds.report_only else \
-            ((JS, thresholds.js), (LINF, thresholds.linf), (MISSING, thresholds.missing))
+            ((JS, thresholds.js), (JS_SHAPE, thresholds.shape_js), (LINF, thresholds.linf),
+             (MISSING, thresholds.missing))
         over = [t for t, limit in decided if t in out and out[t] > limit]
         if over:
             drifted[name] = over
