@@ -16,8 +16,14 @@ from pathlib import Path
 from typing import List, Optional
 
 import tensorflow_model_analysis as tfma
-from tfx import v1 as tfx
+# TFX's modules, not ``tfx.v1``: that public API also imports its Google Cloud extensions
+# (google.cloud.aiplatform), 3 s of every run's start.
+from tfx.components import Evaluator, ExampleValidator, Pusher, SchemaGen, StatisticsGen, Trainer, Transform
 from tfx.dsl.components.common import importer
+from tfx.orchestration import metadata
+from tfx.orchestration import pipeline as tfx_pipeline
+from tfx.proto import pusher_pb2, trainer_pb2
+from tfx.types import standard_artifacts
 
 from taxi_mlops.features import schema
 from taxi_mlops.pipeline.components.dvc_example_gen.component import DvcCsvExampleGen
@@ -132,28 +138,29 @@ def trainer_config(cfg: PipelineConfig) -> dict:
     return {"epochs": cfg.epochs, "batch_size": 64, "family": cfg.family, **FAMILIES[cfg.family]}
 
 
-def create_pipeline(cfg: PipelineConfig) -> tfx.dsl.Pipeline:
+def create_pipeline(cfg: PipelineConfig) -> tfx_pipeline.Pipeline:
     example_gen = DvcCsvExampleGen(input_base=cfg.input_base)
-    statistics_gen = tfx.components.StatisticsGen(examples=example_gen.outputs["examples"])
-    schema_gen = tfx.components.SchemaGen(statistics=statistics_gen.outputs["statistics"],
+    statistics_gen = StatisticsGen(examples=example_gen.outputs["examples"])
+    schema_gen = SchemaGen(statistics=statistics_gen.outputs["statistics"],
                                           infer_feature_shape=True)
-    example_validator = tfx.components.ExampleValidator(
+    example_validator = ExampleValidator(
         statistics=statistics_gen.outputs["statistics"], schema=schema_gen.outputs["schema"])
     code = {"user_code": user_code_version(cfg.module_file)}
     # No pre/post-transform statistics (TFDV over the data twice more; nothing reads them:
     # drift and data quality use StatisticsGen's) and no analyzer cache (each data version
-    # is one new input folder, so a later run could never reuse it).
-    transform = tfx.components.Transform(
+    # is one new input folder, so a later run could never reuse it). A TF1 graph: tf.Transform
+    # traces preprocessing_fn several times, and as tf.functions that took 15 s against 10 s.
+    transform = Transform(
         examples=example_gen.outputs["examples"], schema=schema_gen.outputs["schema"],
         preprocessing_fn=f"{USER_MODULE}.preprocessing_fn", custom_config=code,
-        disable_statistics=True, disable_analyzer_cache=True)
-    trainer = tfx.components.Trainer(
+        disable_statistics=True, disable_analyzer_cache=True, force_tf_compat_v1=True)
+    trainer = Trainer(
         run_fn=f"{USER_MODULE}.run_fn",
         examples=transform.outputs["transformed_examples"],
         transform_graph=transform.outputs["transform_graph"],
         schema=schema_gen.outputs["schema"],
-        train_args=tfx.proto.TrainArgs(num_steps=cfg.train_steps),
-        eval_args=tfx.proto.EvalArgs(num_steps=cfg.eval_steps),
+        train_args=trainer_pb2.TrainArgs(num_steps=cfg.train_steps),
+        eval_args=trainer_pb2.EvalArgs(num_steps=cfg.eval_steps),
         custom_config={**trainer_config(cfg), **code},
     )
     components = [example_gen, statistics_gen, schema_gen, example_validator, transform, trainer]
@@ -161,19 +168,19 @@ def create_pipeline(cfg: PipelineConfig) -> tfx.dsl.Pipeline:
     evaluator_kwargs = {}
     if cfg.baseline_model_uri:
         baseline = importer.Importer(
-            source_uri=cfg.baseline_model_uri, artifact_type=tfx.types.standard_artifacts.Model,
+            source_uri=cfg.baseline_model_uri, artifact_type=standard_artifacts.Model,
         ).with_id("ChampionModelImporter")
         components.append(baseline)
         evaluator_kwargs["baseline_model"] = baseline.outputs["result"]
-    evaluator = tfx.components.Evaluator(
+    evaluator = Evaluator(
         examples=example_gen.outputs["examples"], model=trainer.outputs["model"],
         eval_config=eval_config(with_baseline=bool(cfg.baseline_model_uri)), **evaluator_kwargs)
     slice_gate = SliceGate(evaluation=evaluator.outputs["evaluation"],
                            evaluator_blessing=evaluator.outputs["blessing"])
-    pusher = tfx.components.Pusher(
+    pusher = Pusher(
         model=trainer.outputs["model"], model_blessing=slice_gate.outputs["blessing"],
-        push_destination=tfx.proto.PushDestination(
-            filesystem=tfx.proto.PushDestination.Filesystem(base_directory=cfg.serving_model_dir)),
+        push_destination=pusher_pb2.PushDestination(
+            filesystem=pusher_pb2.PushDestination.Filesystem(base_directory=cfg.serving_model_dir)),
     )
     feast_pusher = FeastPusher(
         pushed_model=pusher.outputs["pushed_model"], data_path=cfg.data_path,
@@ -190,12 +197,12 @@ def create_pipeline(cfg: PipelineConfig) -> tfx.dsl.Pipeline:
         extra = runners.component_args(cfg.beam_runner, component.id, cfg.beam_fallback)
         if extra and hasattr(component, "with_beam_pipeline_args"):
             component.with_beam_pipeline_args(extra)
-    return tfx.dsl.Pipeline(
+    return tfx_pipeline.Pipeline(
         pipeline_name=cfg.pipeline_name,
         pipeline_root=cfg.pipeline_root,
         components=components,
         enable_cache=True,
-        metadata_connection_config=tfx.orchestration.metadata.sqlite_metadata_connection_config(
+        metadata_connection_config=metadata.sqlite_metadata_connection_config(
             cfg.metadata_path),
         beam_pipeline_args=cfg.beam_args or runners.beam_args(
             cfg.beam_runner, cfg.beam_workers, cfg.beam_extra_args,

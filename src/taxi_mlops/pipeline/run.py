@@ -30,7 +30,7 @@ def main(argv):
     with open(argv[1]) as f:
         raw = json.load(f)
     from absl import logging as absl_logging
-    from tfx import v1 as tfx
+    from tfx.orchestration.local.local_dag_runner import LocalDagRunner
 
     from taxi_mlops.pipeline import runners
     from taxi_mlops.pipeline.pipeline import PipelineConfig, create_pipeline
@@ -50,7 +50,7 @@ def main(argv):
         print("PROGRESS " + json.dumps({"components": [c.id for c in pipeline.components],
                                         "family": cfg.family, "beam_runner": cfg.beam_runner,
                                         "fallback": fallback}), flush=True)
-        tfx.orchestration.LocalDagRunner().run(pipeline)
+        LocalDagRunner().run(pipeline)
     print("PROGRESS " + json.dumps({"done": True}), flush=True)
     return 0
 

@@ -1,7 +1,8 @@
 """Transform and Trainer code of the tip model (TFX module file).
 
 Imported by name (``pipeline.USER_MODULE``); its hash and the hashes of the project modules
-it imports are Transform's and Trainer's cache key (``pipeline.user_code_version``). It runs inside the TFX environment (Python 3.10, tf_keras) and exports two signatures:
+it imports are Transform's and Trainer's cache key (``pipeline.user_code_version``). It runs
+inside the TFX environment (Python 3.10, tf_keras) and exports two signatures:
 ``serving_default`` takes the raw named inputs the model server receives over the v2
 protocol; ``serving_tf_example`` takes serialized tf.Examples for the Evaluator. The CSV's
 slice-only columns (``slicing.SLICE_COLUMNS``, for TFMA) are in the schema but read by
@@ -13,7 +14,7 @@ import os
 
 import tensorflow as tf
 import tensorflow_transform as tft
-from tfx import v1 as tfx
+from tfx.components.trainer.fn_args_utils import FnArgs  # not tfx.v1: see pipeline.py
 from tfx_bsl.public import tfxio
 
 from taxi_mlops.features import schema
@@ -155,7 +156,7 @@ def _tf_example_serving_fn(model, tf_transform_output):
     return serve
 
 
-def run_fn(fn_args: tfx.components.FnArgs):
+def run_fn(fn_args: FnArgs):
     hp = fn_args.custom_config or {}
     tf.keras.utils.set_random_seed(int(hp.get("seed", 42)))
     tf_transform_output = tft.TFTransformOutput(fn_args.transform_output)
