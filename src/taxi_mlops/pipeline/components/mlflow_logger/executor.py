@@ -79,58 +79,42 @@ def _calibration_doc(table, buckets) -> dict:
                        for name, rows in buckets.items()}}
 
 
-class _CalibrationPlot:
-    """matplotlib lives in the platform environment: the plot is drawn there, in a process
-    started before the MLflow Model is logged and collected after (its start and imports
-    overlap the logging instead of adding to it). A failed plot costs a warning, never the run."""
-
-    def __init__(self, platform_python: str, calibration_path: str, png_path: str):
-        self.png_path, self.proc = png_path, None
-        if not platform_python:
-            logging.warning("MlflowLogger: no platform_python, no calibration plot")
-            return
-        env = {**os.environ, "PYTHONPATH": str(paths.PROJECT_ROOT / "src")}
-        try:
-            self.proc = subprocess.Popen([platform_python, "-m", "taxi_mlops.pipeline.calibration_plot",
-                                          calibration_path, png_path],
-                                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
-        except OSError as exc:
-            logging.warning("MlflowLogger: calibration plot not drawn: %s", exc)
-
-    def wait(self) -> bool:
-        if self.proc is None:
-            return False
-        try:
-            _, stderr = self.proc.communicate(timeout=PLOT_TIMEOUT_S)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.communicate()
-            logging.warning("MlflowLogger: calibration plot not drawn in %s s", PLOT_TIMEOUT_S)
-            return False
-        if self.proc.returncode != 0 or not os.path.exists(self.png_path):
-            logging.warning("MlflowLogger: calibration plot failed (exit %s): %s",
-                            self.proc.returncode, (stderr or "")[-2000:])
-            return False
-        return True
+def _draw_calibration_plot(platform_python: str, calibration_path: str, png_path: str) -> bool:
+    """matplotlib lives in the platform environment: draw there. A failed plot costs a
+    warning, never the run."""
+    if not platform_python:
+        logging.warning("MlflowLogger: no platform_python, no calibration plot")
+        return False
+    env = {**os.environ, "PYTHONPATH": str(paths.PROJECT_ROOT / "src")}
+    try:
+        proc = subprocess.run([platform_python, "-m", "taxi_mlops.pipeline.calibration_plot",
+                               calibration_path, png_path],
+                              capture_output=True, text=True, env=env, timeout=PLOT_TIMEOUT_S)
+    except (OSError, subprocess.SubprocessError) as exc:
+        logging.warning("MlflowLogger: calibration plot not drawn: %s", exc)
+        return False
+    if proc.returncode != 0 or not os.path.exists(png_path):
+        logging.warning("MlflowLogger: calibration plot failed (exit %s): %s",
+                        proc.returncode, proc.stderr[-2000:])
+        return False
+    return True
 
 
-def _start_slices(folder: str, table, buckets, gate_report, platform_python: str) -> _CalibrationPlot:
-    """``slice_metrics.json`` and ``calibration.json`` written to ``folder``; the plot started."""
-    calibration_path = os.path.join(folder, "calibration.json")
-    with open(calibration_path, "w") as f:
-        json.dump(_json_safe(_calibration_doc(table, buckets)), f)
-    with open(os.path.join(folder, "slice_metrics.json"), "w") as f:
-        json.dump(_json_safe({"slices": table, "slice_gate": gate_report}), f, indent=1)
-    return _CalibrationPlot(platform_python, calibration_path, os.path.join(folder, "calibration_plot.png"))
-
-
-def _log_slices(folder: str, table, plot: _CalibrationPlot) -> None:
-    """Slice metrics, and ``evaluation/`` (slice metrics, calibration, its plot) in the active run."""
+def _log_slices(table, buckets, gate_report, platform_python: str) -> None:
+    """Slice metrics, ``evaluation/slice_metrics.json``, ``evaluation/calibration.json`` and
+    ``evaluation/calibration_plot.png`` in the active run."""
     import mlflow
 
     mlflow.log_metrics(_slice_metrics(table))
-    plot.wait()
-    mlflow.log_artifacts(folder, artifact_path="evaluation")
+    with tempfile.TemporaryDirectory() as tmp:
+        calibration_path = os.path.join(tmp, "calibration.json")
+        with open(calibration_path, "w") as f:
+            json.dump(_json_safe(_calibration_doc(table, buckets)), f)
+        with open(os.path.join(tmp, "slice_metrics.json"), "w") as f:
+            json.dump(_json_safe({"slices": table, "slice_gate": gate_report}), f, indent=1)
+        _draw_calibration_plot(platform_python, calibration_path,
+                               os.path.join(tmp, "calibration_plot.png"))
+        mlflow.log_artifacts(tmp, artifact_path="evaluation")
 
 
 def _model_family(params: Dict[str, Any]) -> str:
@@ -201,8 +185,7 @@ class Executor(base_executor.BaseExecutor):
         family = _model_family(run_info["params"])
         gate_report = _gate_report(blessing.uri)
 
-        with mlflow.start_run(run_name=f"tfx-{model.id}") as run, tempfile.TemporaryDirectory() as folder:
-            plot = _start_slices(folder, table, buckets, gate_report, exec_properties.get("platform_python") or "")
+        with mlflow.start_run(run_name=f"tfx-{model.id}") as run:
             mlflow.log_params(run_info["params"])
             for key, values in run_info["history"].items():
                 for step, value in enumerate(values):
@@ -218,7 +201,7 @@ class Executor(base_executor.BaseExecutor):
                 "slice_gate_failed": ",".join(gate_report.get("failed", [])),
             })
             logged = mlflow_model.log(serving_dir)  # a real MLflow Model (pyfunc)
-            _log_slices(folder, table, plot)
+            _log_slices(table, buckets, gate_report, exec_properties.get("platform_python") or "")
             mlflow.log_text(mlflow_model.model_card(name, data_version, metrics,
                                                     slices=_card_slices(table, gate_report),
                                                     family=family),
