@@ -317,7 +317,8 @@ def main() -> None:
     linf_max = max(s.get(drift.LINF, 0) for _, r in clean for s in r.scores.values())
     print(f"clean: {len(clean)} windows, {pipe.events} events, {len(false_alarms)} drifted "
           f"({', '.join(sorted({f for r in false_alarms for f in r.drifted})) or 'none'}); "
-          f"max decided JS {js_max:.3f}, shape JS {shape_max:.3f}, L-inf {linf_max:.3f}; {pipe.violating} trips with violations")
+          f"max decided JS {js_max:.3f}, shape JS {shape_max:.3f}, L-inf {linf_max:.3f}; "
+          f"{pipe.violating} trips with violations")
 
     # The data set as `taxi-mlops replay` sends it (time order), and as stored (file order):
     # not stationary, so reported beside the shuffled control, not counted in it.

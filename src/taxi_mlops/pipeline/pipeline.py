@@ -141,8 +141,7 @@ def trainer_config(cfg: PipelineConfig) -> dict:
 def create_pipeline(cfg: PipelineConfig) -> tfx_pipeline.Pipeline:
     example_gen = DvcCsvExampleGen(input_base=cfg.input_base)
     statistics_gen = StatisticsGen(examples=example_gen.outputs["examples"])
-    schema_gen = SchemaGen(statistics=statistics_gen.outputs["statistics"],
-                                          infer_feature_shape=True)
+    schema_gen = SchemaGen(statistics=statistics_gen.outputs["statistics"], infer_feature_shape=True)
     example_validator = ExampleValidator(
         statistics=statistics_gen.outputs["statistics"], schema=schema_gen.outputs["schema"])
     code = {"user_code": user_code_version(cfg.module_file)}

@@ -80,6 +80,10 @@ class Thresholds:
                    missing=settings.drift_threshold_missing, min_events=settings.drift_min_events,
                    report_only=tuple(f.strip() for f in settings.drift_report_only_features.split(",") if f.strip()))
 
+    def limits(self) -> dict[str, float]:
+        """The decided tests and their thresholds (a report-only feature is decided on MISSING alone)."""
+        return {JS: self.js, JS_SHAPE: self.shape_js, LINF: self.linf, MISSING: self.missing}
+
 
 @dataclass
 class FeatureReference:
@@ -325,10 +329,8 @@ def score(reference: DriftReference, window: DriftWindow, thresholds: Thresholds
             else:
                 out[LINF] = float(np.max(np.abs(p - q)))
         scores[name] = {k: round(v, 6) for k, v in out.items()}
-        decided = ((MISSING, thresholds.missing),) if name in thresholds.report_only else \
-            ((JS, thresholds.js), (JS_SHAPE, thresholds.shape_js), (LINF, thresholds.linf),
-             (MISSING, thresholds.missing))
-        over = [t for t, limit in decided if t in out and out[t] > limit]
+        decided = {MISSING: thresholds.missing} if name in thresholds.report_only else thresholds.limits()
+        over = [t for t, limit in decided.items() if t in out and out[t] > limit]
         if over:
             drifted[name] = over
     return DriftResult(reference.model_version, window.events, scores, drifted, thresholds)

@@ -288,16 +288,15 @@ class DataQualityWorker:
         self.stats["drift_windows"] += 1
         info = {"scored": True, "events": result.events, "drifted_features": sorted(result.drifted)}
         self.last_drift = {**info, "window_end": now}
+        limits = result.thresholds.limits()
         if not result.is_drift:
             top = {t: max(((sc[t], f) for f, sc in result.scores.items() if t in sc), default=(0.0, "-"))
-                   for t in (drift.JS, drift.JS_SHAPE, drift.LINF, drift.MISSING)}
+                   for t in limits}
             log.info("no drift in %d trips against v%s (highest: %s)", result.events, reference.model_version,
                      ", ".join(f"{t} {v:.3f} {f}" for t, (v, f) in top.items()))
             return info
         self.stats["drifted_windows"] += 1
-        thresholds = {drift.JS: result.thresholds.js, drift.JS_SHAPE: result.thresholds.shape_js,
-                      drift.LINF: result.thresholds.linf, drift.MISSING: result.thresholds.missing}
-        worst = max(result.drifted, key=lambda f: max(result.scores[f][t] / thresholds[t] for t in result.drifted[f]))
+        worst = max(result.drifted, key=lambda f: max(result.scores[f][t] / limits[t] for t in result.drifted[f]))
         stamp = datetime.now(timezone.utc)
         details = {**result.as_details(), "window_start": started, "window_end": now,
                    "reference_statistics_uri": reference.statistics_uri, "reference_split": reference.split}
