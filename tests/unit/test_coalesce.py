@@ -161,3 +161,56 @@ def test_below_max_in_flight_a_request_goes_at_once_and_past_it_requests_share_t
     first, second, queued, calls = asyncio.run(main())
     assert (first, second, queued) == (["k:1"], ["k:2"], [["k:3"], ["k:4"], ["k:5"]])
     assert calls[2:] == [("k", [3, 4, 5])]
+
+
+def test_under_load_the_next_call_gathers_for_max_wait_and_a_lone_request_never_waits():
+    async def main():
+        call = Recorder()
+        shared = Coalescer(call, 32, max_wait_s=0.2)
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        assert await shared.submit("k", [0]) == ["k:0"]  # lone: at once, no gathering after it
+        lone_s = loop.time() - started
+        first = await held_first_call(shared, call, "k", [1])
+        queued = asyncio.ensure_future(shared.submit("k", [2]))  # behind the call: under load
+        await settle()
+        call.gate.set()
+        assert await first == ["k:1"]
+        await settle()
+        late = asyncio.ensure_future(shared.submit("k", [3]))  # arrives while gathering
+        await settle()
+        in_window = len(call.calls)  # nothing sent yet: the window is open
+        done_at = loop.time()
+        results = await asyncio.gather(queued, late)
+        waited_s = loop.time() - done_at
+
+        async def forgotten():  # the window after the shared call closes by itself
+            while shared._queues or shared._gathering:
+                await asyncio.sleep(0.01)
+
+        await asyncio.wait_for(forgotten(), 1.0)
+        return lone_s, in_window, waited_s, results, call.calls, shared
+
+    lone_s, in_window, waited_s, results, calls, shared = asyncio.run(main())
+    assert lone_s < 0.1 and in_window == 2
+    assert 0.1 < waited_s < 1.0
+    assert results == [["k:2"], ["k:3"]]
+    assert calls == [("k", [0]), ("k", [1]), ("k", [2, 3])]  # the two gathered into one call
+    assert not shared._in_flight and not shared._tasks
+
+
+def test_gathering_stops_as_soon_as_max_items_wait():
+    async def main():
+        call = Recorder()
+        shared = Coalescer(call, 3, max_wait_s=5.0)
+        first = await held_first_call(shared, call, "k", [0])
+        queued = [asyncio.ensure_future(shared.submit("k", [i])) for i in (1, 2)]
+        await settle()
+        call.gate.set()
+        await first
+        more = asyncio.ensure_future(shared.submit("k", [3]))  # the third: a full call
+        return await asyncio.wait_for(asyncio.gather(*queued, more), 1.0), call.calls
+
+    results, calls = asyncio.run(main())
+    assert results == [["k:1"], ["k:2"], ["k:3"]]
+    assert calls == [("k", [0]), ("k", [1, 2, 3])]

@@ -31,7 +31,7 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, Field, ValidationError
 
-from taxi_mlops import security
+from taxi_mlops import runtime, security
 from taxi_mlops.gateway import metrics as gateway_metrics
 from taxi_mlops.gateway.auth import require_admin
 from taxi_mlops.gateway.errors import (ADMIN, DependencyDown, documented,  # noqa: F401 (public)
@@ -87,6 +87,7 @@ def _lifespan(settings: Settings, metrics: GatewayMetrics | None):
         if warm_task not in done:
             log.warning("not warm (%s); serving, /health stays 503 until warm",
                         app.state.warm_up.error)
+        runtime.freeze_startup_heap()  # Feast's client and the warm clients are built by now
         sync_task = None
         if metrics is not None:
             _check_metrics_mode(metrics)
@@ -406,10 +407,6 @@ def register_metrics_route(app: FastAPI, metrics: GatewayMetrics) -> None:
 
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or get_settings()
-    # httpx logs every model-server call at INFO: a second line per /predict, which the
-    # access line (request id, version, latency, status) already covers (issue 11). Here,
-    # not in main(): each uvicorn worker builds the app in its own process.
-    logging.getLogger("httpx").setLevel(logging.WARNING)
     metrics = GatewayMetrics(settings) if settings.metrics_enabled else None
     app = FastAPI(
         title="Chicago Taxi tip gateway",

@@ -32,18 +32,26 @@ class FeatureLookup:
         The prior rows (``schema.PRIOR_*`` keys) are read in the same call: an entity the
         store lacks gets the prior, exactly as a training trip of an entity's first day does
         (``tables.point_in_time_join``); zeros only if the prior itself is missing."""
-        rows = self._store.get_online_features(
-            features=self._refs,
-            entity_rows=[{schema.AREA_KEY: a, schema.COMPANY_KEY: c} for a, c in keys]
-            + [{schema.AREA_KEY: schema.PRIOR_AREA, schema.COMPANY_KEY: schema.PRIOR_COMPANY}],
-        ).to_dict()
-        prior_at = len(keys)
+        response = self._store.get_online_features(features=self._refs, entity_rows=_entity_rows(keys))
+        return self._rows(len(keys), response.to_dict())
+
+    async def alookup_many(self, keys: list[tuple[int, str]]) -> list[tuple[dict[str, float], list[str]]]:
+        """``lookup_many`` on the event loop: Feast's async read (redis.asyncio, every view's
+        keys in one pipeline). The gateway's path (issue 11): a blocking read needs a worker
+        thread, and under load that thread waits for the GIL up to the interpreter's switch
+        interval (5 ms) at every hand-over, while the read itself costs about 0.5 ms."""
+        response = await self._store.get_online_features_async(features=self._refs,
+                                                                entity_rows=_entity_rows(keys))
+        return self._rows(len(keys), response.to_dict())
+
+    def _rows(self, count: int, rows: dict) -> list[tuple[dict[str, float], list[str]]]:
+        prior_at = count
         prior = {name: float(rows[name][prior_at]) for name in schema.STORE_FEATURES
                  if rows.get(name) and rows[name][prior_at] is not None}
         if prior:
             self.prior = prior
         out = []
-        for i in range(len(keys)):
+        for i in range(count):
             values, defaulted = {}, []
             for name, default in DEFAULTS.items():
                 column = rows.get(name) or [None] * (prior_at + 1)
@@ -67,6 +75,12 @@ class FeatureLookup:
             entity_rows=[{schema.AREA_KEY: schema.MISSING_AREA, schema.COMPANY_KEY: schema.MISSING_COMPANY}],
         )
         return True
+
+
+def _entity_rows(keys: list[tuple[int, str]]) -> list[dict]:
+    """The trips' entity rows, then the prior row's."""
+    return ([{schema.AREA_KEY: a, schema.COMPANY_KEY: c} for a, c in keys]
+            + [{schema.AREA_KEY: schema.PRIOR_AREA, schema.COMPANY_KEY: schema.PRIOR_COMPANY}])
 
 
 def fallback_rows(count: int, prior: dict[str, float] | None = None) -> list[tuple[dict[str, float], list[str]]]:

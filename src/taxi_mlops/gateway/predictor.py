@@ -70,12 +70,13 @@ class Predictor:
         # Concurrent /predicts share one online read and one v2 call per target (coalesce.py).
         # The metric counts requests per call (a batch-scoring read is one request, not shared).
         record = None if metrics is None else metrics.record_shared_call
+        wait_s = settings.gateway_coalesce_wait_ms / 1000
         self._feature_reads = Coalescer(self._read_many, settings.gateway_coalesce_max,
                                         settings.gateway_coalesce_in_flight,
-                                        record and functools.partial(record, "feature_read"))
+                                        record and functools.partial(record, "feature_read"), wait_s)
         self._model_calls = Coalescer(self._infer_many, settings.gateway_coalesce_max,
                                       settings.gateway_coalesce_in_flight,
-                                      record and functools.partial(record, "model_call"))
+                                      record and functools.partial(record, "model_call"), wait_s)
 
     async def feature_lookup(self):
         """The Feast client, built on first use (a Feast client takes seconds to build)."""
@@ -129,9 +130,12 @@ class Predictor:
         return rows, False
 
     async def _read_many(self, _key, keys: list[tuple], timeout_s: float | None = None) -> list:
+        """One online read: on the event loop if the lookup reads asynchronously
+        (``FeatureLookup.alookup_many``), else on a worker thread."""
         lookup = await self.feature_lookup()
-        return await asyncio.wait_for(run_in_threadpool(lookup.lookup_many, keys),
-                                      timeout_s or self.settings.request_timeout_s)
+        read = getattr(lookup, "alookup_many", None)
+        pending = read(keys) if read is not None else run_in_threadpool(lookup.lookup_many, keys)
+        return await asyncio.wait_for(pending, timeout_s or self.settings.request_timeout_s)
 
     async def _infer(self, request_id: str, rows: list[dict], target: str | None) -> tuple[list[float], str | None]:
         """(probabilities, version) for ``rows``, in a v2 call shared with concurrent requests

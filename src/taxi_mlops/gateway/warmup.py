@@ -79,8 +79,6 @@ class WarmUp:
 
 def _refused(exc: BaseException) -> bool:
     """A model-server call that found nothing listening (not one that was slow or failed)."""
-    import httpx
-
     from taxi_mlops.gateway.inference import ModelServerError
 
-    return isinstance(exc, ModelServerError) and isinstance(exc.__cause__, httpx.ConnectError)
+    return isinstance(exc, ModelServerError) and exc.refused

@@ -72,7 +72,7 @@ class PredictionStoreWorker:
         self.settings, self.batch = settings, batch
         self.bootstrap = settings.kafka_bootstrap_servers
         self.store = PredictionStore(settings.predictions_location)
-        self.consumer = Consumer(clients.consumer_config(settings, NAME, group))
+        self.consumer = Consumer(clients.consumer_config(settings, NAME, group, **clients.BULK_FETCH))
         self.producer = events.EventProducer(settings, NAME)
         self.stop_event = threading.Event()
         self.phase = "starting"

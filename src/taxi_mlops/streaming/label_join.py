@@ -266,7 +266,7 @@ class LabelJoin:
         self.settings = settings
         self.bootstrap = settings.kafka_bootstrap_servers
         self.window_s, self.publish_interval_s = window_s, publish_interval_s
-        self.consumer = Consumer(clients.consumer_config(settings, NAME, GROUP))
+        self.consumer = Consumer(clients.consumer_config(settings, NAME, GROUP, **clients.BULK_FETCH))
         self.producer = events.EventProducer(settings, NAME, **{"message.timeout.ms": 0})
         self.state = JoinState(window_s)
         self.tracker = None

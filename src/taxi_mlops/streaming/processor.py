@@ -38,7 +38,6 @@ start ``taxi_mlops.stack.streaming.processor_service(settings, N)`` with the sup
 from __future__ import annotations
 
 import argparse
-import gc
 import logging
 import sys
 import threading
@@ -48,6 +47,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 
 from taxi_mlops.streaming import metrics  # noqa: I001  (before anything imports Feast)
+from taxi_mlops import runtime
 from taxi_mlops.observability import logs
 from taxi_mlops.settings import Settings, get_settings
 from taxi_mlops.streaming import clients, events, status, topics
@@ -567,20 +567,12 @@ class StreamProcessor:
 
 
 def _tune_gc() -> None:
-    """Keep the collector's full passes off the freshness tail.
-
-    Feast, pandas, pyarrow and protobuf leave hundreds of thousands of long-lived objects
-    behind at start-up, and every full (generation 2) collection walks them all while no
-    event is processed (part of bench/stream_bench.py's p99 on a loaded 2-core machine). ``gc.freeze`` moves them to the permanent generation, which
-    no collection visits; the larger generation-0 threshold makes young collections rarer
-    (each push allocates thousands of short-lived frames). Cycles are still collected.
-    """
-    import pandas  # noqa: F401  imported now so that their objects are frozen too
+    """``runtime.freeze_startup_heap``, once the libraries the first push and checkpoint
+    use are imported (their objects are frozen too)."""
+    import pandas  # noqa: F401
     import pyarrow.parquet  # noqa: F401  (the first checkpoint would import it)
 
-    gc.collect()
-    gc.freeze()
-    gc.set_threshold(10_000, 20, 20)
+    runtime.freeze_startup_heap()
 
 
 class ConsumerFailed(RuntimeError):
