@@ -173,9 +173,6 @@ class Settings(BaseSettings):
     gateway_coalesce_max: int = Field(32, ge=1, le=64, description=(
         "Concurrent /predicts share one online read and one model call per target, at most "
         "this many per call (no timer: a lone request goes at once); 1 turns sharing off."))
-    gateway_coalesce_wait_ms: float = Field(0.0, ge=0, le=50, description=(
-        "Under load only (the previous shared call carried several requests, or requests "
-        "queued behind it), the next one waits up to this long to gather more; 0: no wait."))
     gateway_coalesce_in_flight: int = Field(1, ge=1, le=16, description=(
         "Shared calls per target (and feature reads) running at once; below it a request is "
         "sent at once, at it requests queue for the next call."))

@@ -6,15 +6,10 @@ batches them into one ``predict``). Each ``/predict`` making its own calls spend
 cores on HTTP and thread hops; sharing them is what keeps 400 requests/s open loop from
 collapsing (README, "Serving performance").
 
-A request is sent at once while fewer than ``max_in_flight`` calls for its key are running.
-Past that, requests queue, and the next call takes all of them (up to ``max_items`` items).
-So the batch size follows the load, and a lightly loaded gateway does not make a request
-wait for another's call.
-
-Under load only, the next call may also wait ``max_wait_s`` to gather more (``gather``):
-after a call that was shared, or that finished with requests queued behind it. Each model
-call costs the model server 2-3.5 ms of CPU whatever its size, so at 300 requests/s the
-rows per call decide the model server's load; a lone request never waits.
+There is no timer: a request is sent at once while fewer than ``max_in_flight`` calls for its
+key are running. Past that, requests queue, and the next call takes all of them (up to
+``max_items`` items). So the batch size follows the load, and a lightly loaded gateway
+does not make a request wait for another's call.
 """
 
 from __future__ import annotations
@@ -37,17 +32,14 @@ class Coalescer:
     """
 
     def __init__(self, call: Callable[[Any, list], Awaitable[list]], max_items: int, max_in_flight: int = 1,
-                 observe: Callable[[int], None] | None = None, max_wait_s: float = 0.0):
-        if max_items < 1 or max_in_flight < 1 or max_wait_s < 0:
-            raise ValueError(f"max_items and max_in_flight must be at least 1 and max_wait_s not "
-                             f"negative, got {max_items}, {max_in_flight}, {max_wait_s}")
+                 observe: Callable[[int], None] | None = None):
+        if max_items < 1 or max_in_flight < 1:
+            raise ValueError(f"max_items and max_in_flight must be at least 1, got {max_items}, {max_in_flight}")
         self._call = call
         self.max_items = max_items
         self.max_in_flight = max_in_flight
-        self.max_wait_s = max_wait_s
         self._queues: dict[Hashable, deque] = {}
         self._in_flight: dict[Hashable, int] = {}
-        self._gathering: dict[Hashable, asyncio.TimerHandle] = {}  # keys waiting max_wait_s
         self._tasks: set[asyncio.Task] = set()
         self._observe = observe or (lambda callers: None)
 
@@ -61,13 +53,8 @@ class Coalescer:
         return await waiter
 
     def _pump(self, key: Hashable) -> None:
-        """Start calls for ``key`` while slots are free and requests wait (unless gathering,
-        and fewer than ``max_items`` wait); forget an idle key."""
+        """Start calls for ``key`` while slots are free and requests wait; forget an idle key."""
         queue = self._queues.get(key)
-        if key in self._gathering:
-            if queue is not None and sum(len(items) for items, _ in queue) < self.max_items:
-                return  # the timer pumps (or forgets the key) when max_wait_s is over
-            self._gathering.pop(key).cancel()  # full already: no reason to wait
         while queue and self._in_flight.get(key, 0) < self.max_in_flight:
             batch = self._next_batch(queue)
             if not batch:
@@ -113,15 +100,4 @@ class Coalescer:
                 position += len(items)
         finally:
             self._in_flight[key] -= 1
-            queue = self._queues.get(key)
-            if (self.max_wait_s and key not in self._gathering and queue is not None
-                    and (len(batch) > 1 or queue)):
-                # under load: what queued during this call, and what arrives meanwhile, goes
-                # together after max_wait_s (or as soon as max_items wait)
-                self._gathering[key] = asyncio.get_running_loop().call_later(
-                    self.max_wait_s, self._gathered, key)
-            self._pump(key)  # what queued during this call goes now, unless gathering
-
-    def _gathered(self, key: Hashable) -> None:
-        self._gathering.pop(key, None)
-        self._pump(key)
+            self._pump(key)  # what queued during this call goes now

@@ -70,13 +70,12 @@ class Predictor:
         # Concurrent /predicts share one online read and one v2 call per target (coalesce.py).
         # The metric counts requests per call (a batch-scoring read is one request, not shared).
         record = None if metrics is None else metrics.record_shared_call
-        wait_s = settings.gateway_coalesce_wait_ms / 1000
         self._feature_reads = Coalescer(self._read_many, settings.gateway_coalesce_max,
                                         settings.gateway_coalesce_in_flight,
-                                        record and functools.partial(record, "feature_read"), wait_s)
+                                        record and functools.partial(record, "feature_read"))
         self._model_calls = Coalescer(self._infer_many, settings.gateway_coalesce_max,
                                       settings.gateway_coalesce_in_flight,
-                                      record and functools.partial(record, "model_call"), wait_s)
+                                      record and functools.partial(record, "model_call"))
 
     async def feature_lookup(self):
         """The Feast client, built on first use (a Feast client takes seconds to build)."""
