@@ -170,7 +170,7 @@ def freshness(sup: Supervisor, settings: Settings, rate: float, seconds: float, 
     t0 = time.perf_counter()
     sent = probes = 0
     next_probe = t0
-    while (elapsed := time.perf_counter() - t0) < seconds:
+    while time.perf_counter() - t0 < seconds:
         target = t0 + sent / rate
         if (delay := target - time.perf_counter()) > 0:
             producer.poll(min(delay, 0.01))

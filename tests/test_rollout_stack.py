@@ -205,8 +205,6 @@ def test_two_versions_served_side_by_side_through_the_gateway(stack, champion, i
 
 
 def test_shadow_answers_are_logged_never_returned(stack, champion, inverted, restore_champion):
-    from taxi_mlops.streaming import topics  # noqa: F401
-
     set_alias(stack, "challenger", inverted)
     r = httpx.put(f"{stack.gateway_url}/routing", headers=admin(stack), timeout=30, json={
         "split": [{"name": "champion", "target": "champion", "weight": 1}],

@@ -13,8 +13,7 @@ from pydantic import ValidationError
 from taxi_mlops.gateway.errors import DependencyDown
 from taxi_mlops.gateway.inference import InferenceClient
 from taxi_mlops.gateway.predictor import Predictor
-from taxi_mlops.gateway.router import (ExperimentRoute, Router, RoutingPolicy, VariantSpec,
-                                       bucket, choose)
+from taxi_mlops.gateway.router import ExperimentRoute, Router, RoutingPolicy, bucket, choose
 from taxi_mlops.gateway.schemas import Trip
 from taxi_mlops.settings import Settings
 from tests.unit.test_gateway_unit import TRIP, FakeInference, FakeLog, FakeLookup
