@@ -321,10 +321,18 @@ def cmd_predict(settings: Settings, args) -> int:
                           str(trip.get("company")),
                           f"{p['features_used'].get('area_trips_15m', 0):.0f}",
                           f"{p['tip_probability']:.3f}", str(p["big_tipper"]),
-                          f"v{p['model']['version']}@{p['model']['alias']}",
-                          f"{p['latency_ms']:.1f}")
+                          _model_label(p["model"]), f"{p['latency_ms']:.1f}")
     console.print(table)
     return 0
+
+
+def _model_label(model: dict) -> str:
+    """``v3@champion``; a version reached by number (an experiment's arm) shows its variant:
+    ``v3 (treatment)``."""
+    label = f"v{model['version']}"
+    if model.get("alias"):
+        return f"{label}@{model['alias']}"
+    return f"{label} ({model['variant']})" if model.get("variant") else label
 
 
 def cmd_stream_replay(settings: Settings, args) -> int:
