@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
 from pathlib import Path
@@ -74,7 +75,14 @@ def test_generated_prometheus_config_is_valid(tmp_path):
                           "prediction_store"]
     assert jobs["pushgateway"]["honor_labels"] is True
     assert jobs["stream_processor"]["static_configs"][0]["targets"] == [f"127.0.0.1:{settings.processor_metrics_port}"]
-    assert all(sc["labels"]["component"] for j in jobs.values() for sc in j["static_configs"])
+    assert all(sc["labels"]["component"] for j in jobs.values() for sc in j.get("static_configs", []))
+    # the model servers: a file of targets, empty until the stack starts one (no champion yet)
+    (sd,) = jobs["model_server"]["file_sd_configs"]
+    assert json.loads(Path(sd["files"][0]).read_text()) == []
+    prometheus.write_model_server_targets(settings, starting="model_server")
+    assert json.loads(Path(sd["files"][0]).read_text()) == [
+        {"targets": [f"127.0.0.1:{settings.model_server_port}"], "labels": {"component": "model_server"}}]
+    _run(_tool("promtool"), "check", "config", str(path))  # the file's format too
     assert cfg["global"]["scrape_interval"] == cfg["global"]["evaluation_interval"] == "1s"
     assert cfg["alerting"]["alertmanagers"][0]["static_configs"][0]["targets"] == [
         f"127.0.0.1:{settings.alertmanager_port}"]

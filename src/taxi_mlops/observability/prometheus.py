@@ -4,6 +4,11 @@ One scrape job per component, each static target labelled with ``component`` (th
 supervisor's service name, so a metric and the log file ``logs/<component>.log`` name the
 same thing). Rule files are the repository's ``deploy/prometheus/rules/*.yml``; alerts go
 to our Alertmanager. The file is written to ``state_dir/prometheus/prometheus.yml``.
+
+The local stack's model servers are the exception: their targets are a file
+(``file_sd_configs``) that lists a replica once the stack has started it. Before the first
+``train`` there is no champion and no model server on purpose; a static target would be
+``up == 0`` and page ``TaxiComponentDown`` (critical) during every fresh ``make demo``.
 """
 
 from __future__ import annotations
@@ -59,9 +64,7 @@ def scrape_targets(settings: Settings) -> list[tuple[str, str, str]]:
         ("gateway", f"{h}:{settings.gateway_port}", "gateway"),
     ]
     # one target per replica, component = the replica's service name (stack/services.py)
-    targets += [("model_server", f"{h}:{settings.model_server_port + i}",
-                 "model_server" if i == 0 else f"model_server-{i}")
-                for i in range(settings.model_server_replicas)]
+    targets += model_server_targets(settings)
     if not settings.mlflow_external_uri:
         targets.append(("mlflow", f"{h}:{settings.mlflow_port}", "mlflow"))
     if kafka_is_local(settings):
@@ -77,11 +80,54 @@ def scrape_targets(settings: Settings) -> list[tuple[str, str, str]]:
     return targets
 
 
-def build_config(settings: Settings) -> dict:
+def model_server_targets(settings: Settings) -> list[tuple[str, str, str]]:
+    """One target per replica, component = the replica's service name (stack/services.py)."""
+    return [("model_server", f"{settings.host}:{settings.model_server_port + i}",
+             "model_server" if i == 0 else f"model_server-{i}")
+            for i in range(settings.model_server_replicas)]
+
+
+def model_server_targets_path(settings: Settings) -> Path:
+    return config_dir(settings) / "targets" / "model_server.json"
+
+
+def write_model_server_targets(settings: Settings, starting: str | None = None) -> Path:
+    """The model-server job's file: the replicas whose process runs (their supervisor pid
+    file names a live process), and ``starting``, the one the stack is about to start.
+    Prometheus rereads the file when it changes."""
+    import json
+
+    from taxi_mlops.pids import pid_alive
+
+    def running(component: str) -> bool:
+        try:
+            return pid_alive(int((settings.run_dir / f"{component}.pid").read_text().strip()))
+        except (OSError, ValueError):
+            return False
+
+    groups = [{"targets": [target], "labels": {"component": component}}
+              for _, target, component in model_server_targets(settings)
+              if component == starting or running(component)]
+    path = model_server_targets_path(settings)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(groups, indent=1))
+    tmp.replace(path)  # whole or not at all: Prometheus may read it at any moment
+    return path
+
+
+def build_config(settings: Settings, model_servers_from_file: bool = False) -> dict:
+    """``model_servers_from_file``: the local stack's model-server job reads its targets from
+    ``model_server_targets_path`` (see the module docstring); elsewhere (compose, an external
+    Prometheus) every replica is a static target."""
     interval = duration(settings.scrape_interval_s)
     timeout = duration(min(settings.scrape_interval_s, 10.0))
     jobs: dict[str, dict] = {}
     for job, target, component in scrape_targets(settings):
+        if job == "model_server" and model_servers_from_file:
+            jobs[job] = {"job_name": job, "metrics_path": "/metrics", "file_sd_configs": [
+                {"files": [str(model_server_targets_path(settings))], "refresh_interval": interval}]}
+            continue
         cfg = jobs.setdefault(job, {"job_name": job, "metrics_path": "/metrics", "static_configs": []})
         if job == "pushgateway":
             cfg["honor_labels"] = True  # keep the pushed job="taxi_pipeline", not job="pushgateway"
@@ -100,7 +146,8 @@ def build_config(settings: Settings) -> dict:
 def write_config(settings: Settings) -> Path:
     """Write ``prometheus.yml`` (and the data dir); returns the config path."""
     data_dir(settings).mkdir(parents=True, exist_ok=True)
-    config = build_config(settings)
+    write_model_server_targets(settings)
+    config = build_config(settings, model_servers_from_file=True)
     _mlflow_scrape_login(settings, config)
     return write_yaml(config_path(settings), config, __name__)
 

@@ -179,7 +179,16 @@ def model_server_service(settings: Settings, replica: int = 0) -> Service:
         env={**settings.as_env(), "TF_CPP_MIN_LOG_LEVEL": "2",
              **security.mlflow_env(settings, security.MLFLOW_READER)},  # it only reads the registry
         details=lambda: _serving_details(settings, url),
+        prepare=None if settings.prometheus_external_url else lambda: _scrape_when_started(settings, replica),
     )
+
+
+def _scrape_when_started(settings: Settings, replica: int) -> None:
+    """Give the local Prometheus this replica's target now that it starts (observability/
+    prometheus.py: no champion yet, no model server and no target, so no alert)."""
+    from taxi_mlops.observability import prometheus
+
+    prometheus.write_model_server_targets(settings, starting=model_server_name(replica))
 
 
 def model_server_services(settings: Settings) -> list[Service]:
