@@ -4,6 +4,7 @@ files without either importing the other."""
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 
 def pid_alive(pid: int) -> bool:
@@ -21,3 +22,13 @@ def pid_alive(pid: int) -> bool:
             return f.read().split(") ", 1)[1][0] != "Z"
     except OSError:
         return True
+
+
+def live_pid(pid_file: Path) -> int | None:
+    """The pid a supervisor pid file names, if that process runs; None for no file, an
+    unreadable one, or a process gone."""
+    try:
+        pid = int(Path(pid_file).read_text().strip())
+    except (OSError, ValueError):
+        return None
+    return pid if pid_alive(pid) else None

@@ -97,17 +97,11 @@ def write_model_server_targets(settings: Settings, starting: str | None = None) 
     Prometheus rereads the file when it changes."""
     import json
 
-    from taxi_mlops.pids import pid_alive
-
-    def running(component: str) -> bool:
-        try:
-            return pid_alive(int((settings.run_dir / f"{component}.pid").read_text().strip()))
-        except (OSError, ValueError):
-            return False
+    from taxi_mlops.pids import live_pid
 
     groups = [{"targets": [target], "labels": {"component": component}}
               for _, target, component in model_server_targets(settings)
-              if component == starting or running(component)]
+              if component == starting or live_pid(settings.run_dir / f"{component}.pid")]
     path = model_server_targets_path(settings)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")

@@ -22,7 +22,7 @@ from typing import Callable, Sequence
 
 from taxi_mlops.observability import logs
 from taxi_mlops.observability.metrics import MULTIPROC_VARS
-from taxi_mlops.pids import pid_alive  # noqa: F401 (part of this module's API)
+from taxi_mlops.pids import live_pid, pid_alive
 from taxi_mlops.settings import Settings
 
 
@@ -203,11 +203,7 @@ class Supervisor:
         return self.settings.logs_dir / f"{name}.log"
 
     def pid(self, name: str) -> int | None:
-        try:
-            pid = int(self.pid_path(name).read_text().strip())
-        except (OSError, ValueError):
-            return None
-        return pid if pid_alive(pid) else None
+        return live_pid(self.pid_path(name))
 
     def start(self, service: Service, restart: bool = False) -> str:
         """Start ``service`` unless it is already up; returns 'running' or 'started'.

@@ -204,14 +204,11 @@ def gateway_instance_up(settings: Settings, instance: int | str, attempts: int =
     """This instance (not a sibling on the shared port) answers ``/health/live``: the kernel
     spreads new connections over the listening processes, so a few fresh connections reach
     each. Its pid comes from the supervisor's pid file; no live pid, not up."""
-    from taxi_mlops.pids import pid_alive
+    from taxi_mlops.pids import live_pid
 
-    try:
-        name = instance if isinstance(instance, str) else gateway_name(instance)
-        pid = int((settings.run_dir / f"{name}.pid").read_text().strip())
-    except (OSError, ValueError):
-        return False
-    if not pid_alive(pid):
+    name = instance if isinstance(instance, str) else gateway_name(instance)
+    pid = live_pid(settings.run_dir / f"{name}.pid")
+    if pid is None:
         return False
     url = f"{settings.gateway_url}/health/live"
     for _ in range(attempts):
@@ -228,17 +225,11 @@ def _no_stranger_on_gateway_port(settings: Settings, name: str) -> None:
     """SO_REUSEPORT would let this instance share the port with another stack's gateway (same
     user) and split the traffic silently: refuse to start while anything but our own
     instances answers there."""
-    from taxi_mlops.pids import pid_alive
+    from taxi_mlops.pids import live_pid
     from taxi_mlops.stack.process import ServiceStartError
 
-    ours = set()
-    for n in {name, *(gateway_name(i) for i in range(settings.gateway_instances))}:
-        try:
-            pid = int((settings.run_dir / f"{n}.pid").read_text().strip())
-        except (OSError, ValueError):
-            continue
-        if pid_alive(pid):
-            ours.add(pid)
+    ours = {live_pid(settings.run_dir / f"{n}.pid")
+            for n in {name, *(gateway_name(i) for i in range(settings.gateway_instances))}} - {None}
     for _ in range(8):
         try:
             response = httpx.get(f"{settings.gateway_url}/health/live", timeout=PROBE_TIMEOUT_S)
