@@ -111,6 +111,9 @@ class Replica:
 
 
 def _describe(exc: BaseException) -> str:
+    """What went wrong, for a message: aiohttp's timeouts often carry no text."""
+    if isinstance(exc, asyncio.TimeoutError):
+        return "timed out"
     return str(exc) or type(exc).__name__
 
 
@@ -223,8 +226,7 @@ class InferenceClient:
                 response = await replica.request("GET", self._path(None, "ready"))
                 ok = response.status_code == 200
             except (asyncio.TimeoutError, aiohttp.ClientError) as exc:
-                states.append({"url": replica.url, "ok": False,
-                               "error": "timed out" if isinstance(exc, asyncio.TimeoutError) else _describe(exc)})
+                states.append({"url": replica.url, "ok": False, "error": _describe(exc)})
                 continue
             if ok:
                 replica.mark_up()
@@ -260,8 +262,7 @@ class InferenceClient:
                 results.append({"url": replica.url, "status": response.status_code,
                                 "body": _json_or_text(response)})
             except (asyncio.TimeoutError, aiohttp.ClientError) as exc:
-                results.append({"url": replica.url, "status": None,
-                                "error": "timed out" if isinstance(exc, asyncio.TimeoutError) else _describe(exc)})
+                results.append({"url": replica.url, "status": None, "error": _describe(exc)})
         return results
 
     def _ensure_probe(self) -> None:
