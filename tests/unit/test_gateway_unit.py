@@ -215,7 +215,7 @@ class FakeLookup:
 
         return fallback_rows(count, self.prior)
 
-    def lookup_many(self, keys):
+    async def alookup_many(self, keys):
         if self.fail:
             raise self.fail
         from taxi_mlops.gateway.features import DEFAULTS
@@ -294,12 +294,10 @@ class SlowLookup(FakeLookup):
         super().__init__()
         self.reads = []
 
-    def lookup_many(self, keys):
-        import time
-
+    async def alookup_many(self, keys):
         self.reads.append(list(keys))
-        time.sleep(0.05)
-        return super().lookup_many(keys)
+        await asyncio.sleep(0.05)
+        return await super().alookup_many(keys)
 
 
 class PerRowInference(FakeInference):

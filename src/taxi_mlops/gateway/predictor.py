@@ -48,8 +48,9 @@ def default_policy(settings: Settings) -> RoutingPolicy:
 class Predictor:
     """``predict(trip, request_id)``: lookup -> route -> inference -> ``Prediction`` -> log.
 
-    ``lookup_factory`` builds the feature lookup (``FeatureLookup(settings)``) on first use,
-    so the gateway starts even if Redis is not up yet. ``inference`` has ``infer_batch(
+    ``lookup_factory`` builds the feature lookup (``FeatureLookup(settings)``, read with
+    ``alookup_many(keys)``) on first use, so the gateway starts even if Redis is not up yet.
+    ``inference`` has ``infer_batch(
     request_id, rows, target) -> (probabilities, version)``; ``prediction_log`` has
     ``log(entry)``; ``router`` has ``route(trip) -> Plan``. ``metrics`` is None when metrics
     are off: then nothing is timed or recorded.
@@ -129,12 +130,9 @@ class Predictor:
         return rows, False
 
     async def _read_many(self, _key, keys: list[tuple], timeout_s: float | None = None) -> list:
-        """One online read: on the event loop if the lookup reads asynchronously
-        (``FeatureLookup.alookup_many``), else on a worker thread."""
+        """One online read, on the event loop (``FeatureLookup.alookup_many``)."""
         lookup = await self.feature_lookup()
-        read = getattr(lookup, "alookup_many", None)
-        pending = read(keys) if read is not None else run_in_threadpool(lookup.lookup_many, keys)
-        return await asyncio.wait_for(pending, timeout_s or self.settings.request_timeout_s)
+        return await asyncio.wait_for(lookup.alookup_many(keys), timeout_s or self.settings.request_timeout_s)
 
     async def _infer(self, request_id: str, rows: list[dict], target: str | None) -> tuple[list[float], str | None]:
         """(probabilities, version) for ``rows``, in a v2 call shared with concurrent requests
