@@ -32,3 +32,32 @@ def live_pid(pid_file: Path) -> int | None:
     except (OSError, ValueError):
         return None
     return pid if pid_alive(pid) else None
+
+
+def parent_of(pid: int) -> int | None:
+    """``pid``'s parent, from /proc; None once it is gone."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return int(f.read().split(") ", 1)[1].split()[1])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def mark_serving(folder: Path) -> Path:
+    """``folder/<parent pid>/<pid>``: this worker process accepts connections now. A master
+    with several workers sharing one socket is ready when all of them are (see
+    ``serving_children``); until then the first one up takes every connection."""
+    marker = Path(folder) / str(os.getppid()) / str(os.getpid())
+    marker.parent.mkdir(parents=True, exist_ok=True)
+    marker.touch()
+    return marker
+
+
+def serving_children(folder: Path, parent: int) -> int:
+    """How many live children of ``parent`` marked themselves serving. A marker left by a dead
+    worker, or by an unrelated process that reused its pid, does not count."""
+    try:
+        names = os.listdir(Path(folder) / str(parent))
+    except OSError:
+        return 0
+    return sum(1 for n in names if n.isdigit() and pid_alive(int(n)) and parent_of(int(n)) == parent)

@@ -245,6 +245,11 @@ class Settings(BaseSettings):
         return self.state_dir / "run"
 
     @property
+    def gateway_serving_dir(self) -> Path:
+        """``<master pid>/<worker pid>`` markers of gateway workers past start-up."""
+        return self.run_dir / "gateway-serving"
+
+    @property
     def pipeline_root(self) -> Path:
         return self.state_dir / "pipeline"
 

@@ -31,7 +31,7 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, Field, ValidationError
 
-from taxi_mlops import runtime, security
+from taxi_mlops import pids, runtime, security
 from taxi_mlops.gateway import metrics as gateway_metrics
 from taxi_mlops.gateway.auth import require_admin
 from taxi_mlops.gateway.errors import (ADMIN, DependencyDown, documented,  # noqa: F401 (public)
@@ -88,6 +88,7 @@ def _lifespan(settings: Settings, metrics: GatewayMetrics | None):
             log.warning("not warm (%s); serving, /health stays 503 until warm",
                         app.state.warm_up.error)
         runtime.freeze_startup_heap()  # Feast's client and the warm clients are built by now
+        serving = pids.mark_serving(settings.gateway_serving_dir) if settings.gateway_workers > 1 else None
         sync_task = None
         if metrics is not None:
             _check_metrics_mode(metrics)
@@ -97,6 +98,8 @@ def _lifespan(settings: Settings, metrics: GatewayMetrics | None):
         routing_task.cancel()
         if sync_task is not None:
             sync_task.cancel()
+        if serving is not None:
+            serving.unlink(missing_ok=True)
         await app.state.inference.close()
         await run_in_threadpool(app.state.prediction_log.close, 5.0)
         if metrics is not None:

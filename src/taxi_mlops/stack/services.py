@@ -204,7 +204,7 @@ def gateway_instance_up(settings: Settings, instance: int | str, attempts: int =
     """This instance (not a sibling on the shared port) answers ``/health/live``: the kernel
     spreads new connections over the listening processes, so a few fresh connections reach
     each. Its pid comes from the supervisor's pid file; no live pid, not up."""
-    from taxi_mlops.pids import live_pid
+    from taxi_mlops.pids import live_pid, serving_children
 
     name = instance if isinstance(instance, str) else gateway_name(instance)
     pid = live_pid(settings.run_dir / f"{name}.pid")
@@ -217,7 +217,9 @@ def gateway_instance_up(settings: Settings, instance: int | str, attempts: int =
         except (httpx.HTTPError, ValueError):
             return False
         if pid in (body.get("pid"), body.get("parent_pid")):
-            return True
+            # several workers: up once each is past its warm-up, not when the first one is
+            return settings.gateway_workers <= 1 or \
+                serving_children(settings.gateway_serving_dir, pid) >= settings.gateway_workers
     return False
 
 
