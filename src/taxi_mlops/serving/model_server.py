@@ -93,6 +93,22 @@ def _bind_rest_server_to(host: str, routes: APIRouter | None = None) -> None:
     kserve_model_server.RESTServer = RESTServer
 
 
+def _bind_grpc_server_to(host: str) -> None:
+    """KServe's gRPC server listens on ``[::]`` (every interface); ours on ``host`` only."""
+    from grpc import aio
+    from kserve.protocol.grpc import server as grpc_server
+
+    class _LocalAio:
+        @staticmethod
+        def server(*args, **kwargs):
+            server = aio.server(*args, **kwargs)
+            add = server.add_insecure_port
+            server.add_insecure_port = lambda address: add(address.replace("[::]", host, 1))
+            return server
+
+    grpc_server.aio = _LocalAio
+
+
 class ServedModel(Model):
     """What KServe's unversioned routes see: the version holding the serving alias, resolved
     per request from the repository's current view, so an alias move needs no restart and a
@@ -291,6 +307,9 @@ def service_name(replica: int) -> str:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="taxi_mlops.serving.model_server")
     parser.add_argument("--replica", type=int, default=0, help="replica index: port model_server_port + N")
+    parser.add_argument("--grpc-port", type=int, default=0,
+                        help="also serve KServe's OIP v2 gRPC here (unversioned routes only; "
+                             "bench/oip_transport.py compares it with REST); 0: off")
     args, _ = parser.parse_known_args(argv)
     settings = get_settings()
     setup_logging(settings.log_level, service_name(args.replica))
@@ -298,6 +317,8 @@ def main(argv: list[str] | None = None) -> None:
     repository = start_repository(settings, metrics, args.replica)
     _undo_feast_import()
     _bind_rest_server_to(settings.host, version_routes(settings, repository))
+    if args.grpc_port:
+        _bind_grpc_server_to(settings.host)
     served = ServedModel(settings.model_name, repository, settings.serving_alias)
     # KServe runs its servers with asyncio.run() on the default loop (its uvicorn config
     # says loop="asyncio", which start() never reads); uvloop's transports and thread-safe
@@ -306,7 +327,8 @@ def main(argv: list[str] | None = None) -> None:
     asyncio.set_event_loop(asyncio.new_event_loop())  # KServe's setup asks for a current loop
     runtime.freeze_startup_heap()  # TensorFlow, KServe and the served versions are loaded
     try:
-        kserve.ModelServer(http_port=settings.model_server_port + args.replica, enable_grpc=False,
+        kserve.ModelServer(http_port=settings.model_server_port + args.replica,
+                           enable_grpc=args.grpc_port > 0, grpc_port=args.grpc_port or 8081,
                            workers=1, enable_latency_logging=False).start([served])
     finally:
         repository.stop()
