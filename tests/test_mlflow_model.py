@@ -56,6 +56,22 @@ def test_pyfunc_answers_like_the_model_server(stack, pyfunc, rows):
     assert len(ours) == 100 and np.abs(ours - served).max() <= 1e-6
 
 
+def test_the_flat_call_answers_like_the_signature(pyfunc, rows):
+    """The pyfunc's fast path (``_flat_call``) against TensorFlow's public keyword call."""
+    import tensorflow as tf
+
+    model = pyfunc.unwrap_python_model()
+    assert model._flat is not None  # this TensorFlow has the flat entry point
+    columns = {n: rows[n].to_numpy() for n in schema.SERVING_DTYPES}
+    columns["company"] = columns["company"].astype(str)
+    columns["payment_type"] = columns["payment_type"].astype(str)
+    fast = model.predict_columns(columns)
+    tensors = {n: tf.constant(np.asarray(v), dtype=model._types[n]) for n, v in columns.items()}
+    public = model._fn(**tensors)["tip_probability"].numpy().reshape(-1)
+    assert len(fast) == 100 and np.abs(fast - public).max() <= 1e-7
+    assert fast.std() > 0  # 100 different trips, not one answer repeated
+
+
 @pytest.mark.slow
 def test_mlflow_models_serve_serves_it(stack, rows, tmp_path):
     port = free_port()
