@@ -149,6 +149,10 @@ class Settings(BaseSettings):
     prediction_log_spool: bool = Field(True, description=(
         "Append each prediction log to <state_dir>/spool/predictions before producing it, so a "
         "killed gateway's unsent logs are sent by the next one to start."))
+    prediction_log_linger_ms: int = Field(100, ge=0, le=5000, description=(
+        "How long the gateway's Kafka producer gathers prediction logs into one request. No "
+        "request waits for it (the log is asynchronous); 100 ms instead of 20 cut the broker's "
+        "CPU per prediction by a third at 300 req/s (README, \"Serving performance\")."))
     rollout_db_uri: str | None = Field(None, description=(
         "postgresql://... for the rollout store (experiments, routing) when gateways do not "
         "share a disk; default: SQLite in <state_dir>/rollout. A secret: never logged."))

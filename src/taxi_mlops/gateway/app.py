@@ -65,7 +65,8 @@ def _lifespan(settings: Settings, metrics: GatewayMetrics | None):
         from taxi_mlops.streaming.prediction_log import PredictionLogger
 
         app.state.prediction_log = PredictionLogger(  # never blocks, never raises
-            settings, spool_dir=settings.prediction_spool_dir if settings.prediction_log_spool else None)
+            settings, spool_dir=settings.prediction_spool_dir if settings.prediction_log_spool else None,
+            linger_ms=settings.prediction_log_linger_ms)
         app.state.inference = InferenceClient(settings.model_server_urls, settings.model_name,
                                               settings.request_timeout_s)
         router = Router(default_policy(settings))

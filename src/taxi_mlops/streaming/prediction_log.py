@@ -32,7 +32,8 @@ log = logging.getLogger("taxi_mlops.streaming.prediction_log")
 class PredictionLogger:
     def __init__(self, bootstrap_servers: str | Settings, topic: str = topics.PREDICTIONS,
                  max_buffer: int = 50_000, message_timeout_s: float = 300.0,
-                 client_id: str = "taxi-gateway-prediction-log", spool_dir: Path | None = None):
+                 client_id: str = "taxi-gateway-prediction-log", spool_dir: Path | None = None,
+                 linger_ms: int = 100):
         from confluent_kafka import Producer
 
         self.topic = topic
@@ -41,7 +42,7 @@ class PredictionLogger:
             bootstrap_servers, client_id,
             **{"queue.buffering.max.messages": max_buffer,
                "message.timeout.ms": int(message_timeout_s * 1000),
-               "linger.ms": 20}))
+               "linger.ms": linger_ms}))
         self._lock = threading.Lock()
         self._in_flight = 0
         self._counts = {"logged": 0, "sent": 0, "dropped": 0, "delivery_errors": 0, "invalid": 0,
