@@ -249,10 +249,10 @@ def run_kills(settings: Settings, sup: Supervisor, seconds: float, every: float,
                 return
             time.sleep(max(0.0, at - time.monotonic()))
             template = ROTATION[n % len(ROTATION)]
-            from taxi_mlops.stack.services import model_server_name
+            from taxi_mlops.serving import replica_name
 
             replica = 1 - (n // len(ROTATION)) % 2  # replica 1 in the first rotation, then 0, ...
-            name = template.format(model_server=model_server_name(replica))
+            name = template.format(model_server=replica_name(replica))
             say(f"kill -9 {name}")
             k = kill_and_wait(settings, sup, name, end + HEAL_DEADLINE_S)
             kills.append(k)

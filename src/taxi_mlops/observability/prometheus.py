@@ -63,7 +63,6 @@ def scrape_targets(settings: Settings) -> list[tuple[str, str, str]]:
         ("alert_receiver", f"{h}:{settings.alert_receiver_port}", "alert_receiver"),
         ("gateway", f"{h}:{settings.gateway_port}", "gateway"),
     ]
-    # one target per replica, component = the replica's service name (stack/services.py)
     targets += model_server_targets(settings)
     if not settings.mlflow_external_uri:
         targets.append(("mlflow", f"{h}:{settings.mlflow_port}", "mlflow"))
@@ -81,9 +80,10 @@ def scrape_targets(settings: Settings) -> list[tuple[str, str, str]]:
 
 
 def model_server_targets(settings: Settings) -> list[tuple[str, str, str]]:
-    """One target per replica, component = the replica's service name (stack/services.py)."""
-    return [("model_server", f"{settings.host}:{settings.model_server_port + i}",
-             "model_server" if i == 0 else f"model_server-{i}")
+    """One target per replica, component = the replica's service name."""
+    from taxi_mlops.serving import replica_name
+
+    return [("model_server", f"{settings.host}:{settings.model_server_port + i}", replica_name(i))
             for i in range(settings.model_server_replicas)]
 
 

@@ -61,7 +61,7 @@ from pydantic import ValidationError  # noqa: E402
 from taxi_mlops import runtime, security  # noqa: E402
 from taxi_mlops.observability import logs  # noqa: E402
 from taxi_mlops.registry.models import VersionInfo  # noqa: E402
-from taxi_mlops.serving import repository as repo_mod  # noqa: E402
+from taxi_mlops.serving import replica_name, repository as repo_mod  # noqa: E402
 from taxi_mlops.serving.metrics import ModelServerMetrics, RequestRecorder  # noqa: E402
 from taxi_mlops.serving.model import ModelNotRegistered, TaxiTipModel  # noqa: E402
 from taxi_mlops.serving.repository import NotReady, UnknownRef, VersionRepository  # noqa: E402
@@ -278,7 +278,7 @@ def start_repository(settings: Settings, metrics: ModelServerMetrics | None,
     is fatal; the other versions load in the background."""
     repository = VersionRepository(settings, repo_mod.mlflow_fetch(settings),
                                    loader(settings, metrics, replica), metrics=metrics,
-                                   component=service_name(replica))
+                                   component=replica_name(replica))
     if not repository.poll():
         raise RuntimeError(f"MLflow at {settings.mlflow_tracking_uri} did not answer")
     alias = settings.serving_alias
@@ -300,10 +300,6 @@ def start_repository(settings: Settings, metrics: ModelServerMetrics | None,
     return repository
 
 
-def service_name(replica: int) -> str:
-    return "model_server" if replica == 0 else f"model_server-{replica}"
-
-
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="taxi_mlops.serving.model_server")
     parser.add_argument("--replica", type=int, default=0, help="replica index: port model_server_port + N")
@@ -312,7 +308,7 @@ def main(argv: list[str] | None = None) -> None:
                              "bench/oip_transport.py compares it with REST); 0: off")
     args, _ = parser.parse_known_args(argv)
     settings = get_settings()
-    setup_logging(settings.log_level, service_name(args.replica))
+    setup_logging(settings.log_level, replica_name(args.replica))
     metrics = ModelServerMetrics() if settings.metrics_enabled else None
     repository = start_repository(settings, metrics, args.replica)
     _undo_feast_import()

@@ -14,6 +14,7 @@ import httpx
 
 from taxi_mlops import security
 from taxi_mlops.registry import models
+from taxi_mlops.serving import replica_name
 from taxi_mlops.settings import Settings
 from taxi_mlops.stack.process import PROBE_TIMEOUT_S, Service, http_ok
 
@@ -162,17 +163,12 @@ def ensure_mlflow_reader(settings: Settings) -> None:
                              f"{r.status_code} {r.text[:300]}")
 
 
-def model_server_name(replica: int) -> str:
-    """Replica 0 keeps the historical name (logs/model_server.log, job component label)."""
-    return "model_server" if replica == 0 else f"model_server-{replica}"
-
-
 def model_server_service(settings: Settings, replica: int = 0) -> Service:
     """One model-server process; replica N listens on ``model_server_port + N`` and hosts
     every served version, like the others."""
     url = f"http://{settings.host}:{settings.model_server_port + replica}"
     return Service(
-        name=model_server_name(replica),
+        name=replica_name(replica),
         command=[sys.executable, "-m", "taxi_mlops.serving.model_server", "--replica", str(replica)],
         healthy=lambda: http_ok(f"{url}/v2/models/{settings.model_name}/ready"),
         url=url,
@@ -188,7 +184,7 @@ def _scrape_when_started(settings: Settings, replica: int) -> None:
     prometheus.py: no champion yet, no model server and no target, so no alert)."""
     from taxi_mlops.observability import prometheus
 
-    prometheus.write_model_server_targets(settings, starting=model_server_name(replica))
+    prometheus.write_model_server_targets(settings, starting=replica_name(replica))
 
 
 def model_server_services(settings: Settings) -> list[Service]:
