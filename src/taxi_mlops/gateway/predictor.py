@@ -50,10 +50,9 @@ class Predictor:
 
     ``lookup_factory`` builds the feature lookup (``FeatureLookup(settings)``, read with
     ``alookup_many(keys)``) on first use, so the gateway starts even if Redis is not up yet.
-    ``inference`` has ``infer_batch(
-    request_id, rows, target) -> (probabilities, version)``; ``prediction_log`` has
-    ``log(entry)``; ``router`` has ``route(trip) -> Plan``. ``metrics`` is None when metrics
-    are off: then nothing is timed or recorded.
+    ``inference`` has ``infer_batch(request_id, rows, target) -> (probabilities, version)``;
+    ``prediction_log`` has ``log(entry)``; ``router`` has ``route(trip) -> Plan``. ``metrics``
+    is None when metrics are off: then nothing is timed or recorded.
     """
 
     def __init__(self, settings: Settings, lookup_factory: Callable[[], object], inference,
