@@ -53,6 +53,13 @@ def mark_serving(folder: Path) -> Path:
     return marker
 
 
+def forget_serving(folder: Path) -> None:
+    """A master's exit: the folder of its workers' markers goes (so restarts leave none)."""
+    import shutil
+
+    shutil.rmtree(Path(folder) / str(os.getpid()), ignore_errors=True)
+
+
 def serving_children(folder: Path, parent: int) -> int:
     """How many live children of ``parent`` marked themselves serving. A marker left by a dead
     worker, or by an unrelated process that reused its pid, does not count."""

@@ -6,7 +6,7 @@ import os
 import subprocess
 import sys
 
-from taxi_mlops.pids import mark_serving, serving_children
+from taxi_mlops.pids import forget_serving, mark_serving, serving_children
 
 CHILD = ("import sys; from taxi_mlops.pids import mark_serving; "
          "mark_serving(sys.argv[1]); print('marked', flush=True); sys.stdin.read()")
@@ -41,3 +41,15 @@ def test_a_live_process_that_is_not_a_child_does_not_count(tmp_path):
     stranger.touch()
     assert serving_children(tmp_path, os.getpid()) == 0
     assert serving_children(tmp_path, os.getppid()) == 1
+
+
+def test_a_master_forgets_its_workers_markers_on_exit(tmp_path):
+    child = start_child(tmp_path)
+    try:
+        assert serving_children(tmp_path, os.getpid()) == 1
+        forget_serving(tmp_path)  # this process is the child's master
+        assert not (tmp_path / str(os.getpid())).exists()
+        assert serving_children(tmp_path, os.getpid()) == 0
+    finally:
+        child.kill()
+        child.wait(10)

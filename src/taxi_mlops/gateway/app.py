@@ -89,7 +89,8 @@ def _lifespan(settings: Settings, metrics: GatewayMetrics | None):
             log.warning("not warm (%s); serving, /health stays 503 until warm",
                         app.state.warm_up.error)
         runtime.freeze_startup_heap()  # Feast's client and the warm clients are built by now
-        serving = pids.mark_serving(settings.gateway_serving_dir) if settings.gateway_workers > 1 else None
+        if settings.gateway_workers > 1:  # the master's readiness counts warm workers (pids.py)
+            pids.mark_serving(settings.gateway_serving_dir)
         sync_task = None
         if metrics is not None:
             _check_metrics_mode(metrics)
@@ -99,8 +100,6 @@ def _lifespan(settings: Settings, metrics: GatewayMetrics | None):
         routing_task.cancel()
         if sync_task is not None:
             sync_task.cancel()
-        if serving is not None:
-            serving.unlink(missing_ok=True)
         await app.state.inference.close()
         await run_in_threadpool(app.state.prediction_log.close, 5.0)
         if metrics is not None:
@@ -488,6 +487,8 @@ def main() -> None:
             server.run(sockets=[sock])
     finally:
         gateway_metrics.release_multiprocess_dir(path)
+        if config.workers > 1:  # the workers' serving markers (see _lifespan)
+            pids.forget_serving(settings.gateway_serving_dir)
 
 
 if __name__ == "__main__":
