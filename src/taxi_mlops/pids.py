@@ -8,7 +8,10 @@ from pathlib import Path
 
 
 def pid_alive(pid: int) -> bool:
-    """True while ``pid`` runs; a zombie child counts as dead."""
+    """True while ``pid`` runs; a zombie child counts as dead, but only once all its threads
+    are gone: a killed process's main thread can turn zombie while its other threads are
+    still exiting and holding its files (a listening socket then still takes connections,
+    and resets them when the last thread goes)."""
     if pid <= 0:
         return False
     try:
@@ -17,11 +20,28 @@ def pid_alive(pid: int) -> bool:
         return False
     except PermissionError:
         return True
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().split(") ", 1)[1][0] != "Z"
-    except OSError:
+    state = _state(f"/proc/{pid}/stat")
+    if state is None:
         return True
+    return state != "Z" or _threads_running(pid)
+
+
+def _state(stat_path: str) -> str | None:
+    """The one-letter state of /proc/.../stat; None when unreadable."""
+    try:
+        with open(stat_path) as f:
+            return f.read().split(") ", 1)[1][0]
+    except (OSError, IndexError):
+        return None
+
+
+def _threads_running(pid: int) -> bool:
+    """Whether a thread of ``pid`` other than a zombie or dead one is left."""
+    try:
+        tids = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return False
+    return any(_state(f"/proc/{pid}/task/{tid}/stat") not in (None, "Z", "X") for tid in tids)
 
 
 def live_pid(pid_file: Path) -> int | None:

@@ -1,12 +1,15 @@
-"""Serving markers: a multi-worker master counts only its own live workers."""
+"""Liveness of real processes, and serving markers: a multi-worker master counts only its own
+live workers."""
 
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
 
-from taxi_mlops.pids import forget_serving, mark_serving, serving_children
+from taxi_mlops.pids import forget_serving, mark_serving, pid_alive, serving_children
+from taxi_mlops.stack.process import wait_for
 
 CHILD = ("import sys; from taxi_mlops.pids import mark_serving; "
          "mark_serving(sys.argv[1]); print('marked', flush=True); sys.stdin.read()")
@@ -53,3 +56,33 @@ def test_a_master_forgets_its_workers_markers_on_exit(tmp_path):
     finally:
         child.kill()
         child.wait(10)
+
+
+# The main thread leaves (pthread_exit, GIL released by ctypes) and turns zombie; another thread
+# keeps the process, and its listening socket, alive: what a SIGKILL shows for a moment.
+MAIN_THREAD_GONE = """
+import ctypes, socket, threading
+s = socket.socket(); s.bind(("127.0.0.1", 0)); s.listen(8)
+print(s.getsockname()[1], flush=True)
+threading.Thread(target=__import__("sys").stdin.read).start()
+ctypes.CDLL(None).pthread_exit(None)
+"""
+
+
+def _leader_state(pid: int) -> str:
+    with open(f"/proc/{pid}/stat") as f:
+        return f.read().split(") ", 1)[1][0]
+
+
+def test_a_zombie_main_thread_with_a_live_thread_is_alive():
+    child = subprocess.Popen([sys.executable, "-c", MAIN_THREAD_GONE], stdin=subprocess.PIPE,
+                             stdout=subprocess.PIPE, text=True)
+    try:
+        port = int(child.stdout.readline())
+        assert wait_for(lambda: _leader_state(child.pid) == "Z", 10, 0.02)
+        socket.create_connection(("127.0.0.1", port), timeout=5).close()  # it still takes connections
+        assert pid_alive(child.pid)
+    finally:
+        child.kill()
+        child.wait(10)
+    assert not pid_alive(child.pid)
