@@ -15,7 +15,10 @@ from pathlib import Path
 import pandas as pd
 
 from taxi_mlops.features import realtime, schema, tables
+from taxi_mlops.features.feast_runtime import skip_feast_type_checks
 from taxi_mlops.settings import Settings, get_settings
+
+skip_feast_type_checks()  # before any Feast import (see feast_runtime)
 
 
 def feature_store(settings: Settings):
