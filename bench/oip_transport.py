@@ -34,6 +34,7 @@ import numpy as np
 from taxi_mlops.features import schema
 from taxi_mlops.gateway.features import fallback_rows
 from taxi_mlops.gateway.inference import InferenceClient
+from taxi_mlops.pids import stat_fields
 from taxi_mlops.samples import SAMPLE_TRIPS
 from taxi_mlops.settings import get_settings
 from taxi_mlops.stack import services
@@ -46,8 +47,7 @@ BENCH_REPLICA = 9
 
 def cpu_s(pid: int) -> float:
     """utime + stime of ``pid``, in seconds."""
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(") ", 1)[1].split()
+    fields = stat_fields(f"/proc/{pid}/stat")
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 

@@ -20,17 +20,18 @@ def pid_alive(pid: int) -> bool:
         return False
     except PermissionError:
         return True
-    state = _state(f"/proc/{pid}/stat")
-    if state is None:
+    fields = stat_fields(f"/proc/{pid}/stat")
+    if fields is None:
         return True
-    return state != "Z" or _threads_running(pid)
+    return fields[0] != "Z" or _threads_running(pid)
 
 
-def _state(stat_path: str) -> str | None:
-    """The one-letter state of /proc/.../stat; None when unreadable."""
+def stat_fields(stat_path: str) -> list[str] | None:
+    """The fields of a /proc/.../stat after the command name (the state first, as ``proc(5)``'s
+    field 3); None when unreadable. Split after the last ``)``: a command name may hold one."""
     try:
         with open(stat_path) as f:
-            return f.read().split(") ", 1)[1][0]
+            return f.read().rsplit(") ", 1)[1].split()
     except (OSError, IndexError):
         return None
 
@@ -41,7 +42,8 @@ def _threads_running(pid: int) -> bool:
         tids = os.listdir(f"/proc/{pid}/task")
     except OSError:
         return False
-    return any(_state(f"/proc/{pid}/task/{tid}/stat") not in (None, "Z", "X") for tid in tids)
+    states = (stat_fields(f"/proc/{pid}/task/{tid}/stat") for tid in tids)
+    return any(fields is not None and fields[0] not in ("Z", "X") for fields in states)
 
 
 def live_pid(pid_file: Path) -> int | None:
@@ -56,10 +58,10 @@ def live_pid(pid_file: Path) -> int | None:
 
 def parent_of(pid: int) -> int | None:
     """``pid``'s parent, from /proc; None once it is gone."""
+    fields = stat_fields(f"/proc/{pid}/stat")
     try:
-        with open(f"/proc/{pid}/stat") as f:
-            return int(f.read().split(") ", 1)[1].split()[1])
-    except (OSError, ValueError, IndexError):
+        return int(fields[1]) if fields else None
+    except (ValueError, IndexError):
         return None
 
 

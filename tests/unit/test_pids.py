@@ -8,7 +8,7 @@ import socket
 import subprocess
 import sys
 
-from taxi_mlops.pids import forget_serving, mark_serving, pid_alive, serving_children
+from taxi_mlops.pids import forget_serving, mark_serving, pid_alive, serving_children, stat_fields
 from taxi_mlops.stack.process import wait_for
 
 CHILD = ("import sys; from taxi_mlops.pids import mark_serving; "
@@ -69,17 +69,12 @@ ctypes.CDLL(None).pthread_exit(None)
 """
 
 
-def _leader_state(pid: int) -> str:
-    with open(f"/proc/{pid}/stat") as f:
-        return f.read().split(") ", 1)[1][0]
-
-
 def test_a_zombie_main_thread_with_a_live_thread_is_alive():
     child = subprocess.Popen([sys.executable, "-c", MAIN_THREAD_GONE], stdin=subprocess.PIPE,
                              stdout=subprocess.PIPE, text=True)
     try:
         port = int(child.stdout.readline())
-        assert wait_for(lambda: _leader_state(child.pid) == "Z", 10, 0.02)
+        assert wait_for(lambda: stat_fields(f"/proc/{child.pid}/stat")[0] == "Z", 10, 0.02)
         socket.create_connection(("127.0.0.1", port), timeout=5).close()  # it still takes connections
         assert pid_alive(child.pid)
     finally:

@@ -33,7 +33,7 @@ class PredictionLogger:
     def __init__(self, bootstrap_servers: str | Settings, topic: str = topics.PREDICTIONS,
                  max_buffer: int = 50_000, message_timeout_s: float = 300.0,
                  client_id: str = "taxi-gateway-prediction-log", spool_dir: Path | None = None,
-                 linger_ms: int = 100):
+                 linger_ms: int = Settings.model_fields["prediction_log_linger_ms"].default):
         from confluent_kafka import Producer
 
         self.topic = topic

@@ -136,10 +136,11 @@ class OnlineWriter:
     Each ``push`` rebuilds every feature view from its registry proto twice (to find the views
     of the push source, then to find the view by name) and lists the feature services, all
     type-checked by typeguard (off since, see ``features/feast_runtime.py``): about half the
-    CPU of a 100-row push, on the freshness path (bench/stream_bench.py). Here the views of the push source are looked up once (again
-    after ``REFRESH_S``, as the registry cache would, and after any failed write) and each is
-    handed to the provider's ``ingest_df``: what ``push`` does for a plain feature view. When
-    a view is on-demand or a feature service precomputes vectors on push, ``push`` is used.
+    CPU of a 100-row push, on the freshness path (bench/stream_bench.py). Here the views of
+    the push source are looked up once (again after ``REFRESH_S``, as the registry cache
+    would, and after any failed write) and each is handed to the provider's ``ingest_df``:
+    what ``push`` does for a plain feature view. When a view is on-demand or a feature
+    service precomputes vectors on push, ``push`` is used.
     """
 
     REFRESH_S = 60.0
