@@ -38,6 +38,8 @@ from taxi_mlops.pipeline.quality import MAX_REGRESSION, MIN_ACCURACY, MIN_AUC
 # times per run (~10 s); user_code_version keeps code changes in the cache key.
 USER_MODULE = "taxi_mlops.pipeline.trainer_module.taxi_model"
 
+AUC_THRESHOLDS = 1000
+
 # TFMA's calibration plot buckets per slice; ECE regroups them into slicing.ECE_BINS bins.
 CALIBRATION_BUCKETS = 100
 
@@ -107,7 +109,11 @@ def eval_config(with_baseline: bool) -> tfma.EvalConfig:
             tfma.MetricConfig(class_name="ExampleCount"),
             tfma.MetricConfig(class_name="BinaryAccuracy",
                               per_slice_thresholds=threshold(MIN_ACCURACY)),
-            tfma.MetricConfig(class_name="AUC", per_slice_thresholds=threshold(MIN_AUC)),
+            # 1,000 thresholds, not TFMA's 10,000: rebinning 10,000 buckets per slice in Python
+            # was 1.6 s of the Evaluator; every slice's AUC moved by at most 8e-5 (0.95094
+            # overall either way) on this data's 4,964 eval trips (Keras' default is 200).
+            tfma.MetricConfig(class_name="AUC", config=json.dumps({"num_thresholds": AUC_THRESHOLDS}),
+                              per_slice_thresholds=threshold(MIN_AUC)),
             tfma.MetricConfig(class_name="Precision"),
             tfma.MetricConfig(class_name="Recall"),
             # Class counts (example_count * mean_label) and calibration.

@@ -32,7 +32,7 @@ def main(argv):
     from absl import logging as absl_logging
     from tfx.orchestration.local.local_dag_runner import LocalDagRunner
 
-    from taxi_mlops.pipeline import runners
+    from taxi_mlops.pipeline import beam_tuning, runners
     from taxi_mlops.pipeline.pipeline import PipelineConfig, create_pipeline
 
     absl_logging.set_verbosity(absl_logging.INFO)
@@ -40,6 +40,7 @@ def main(argv):
     logging.basicConfig(format="%(asctime)s %(levelname)s:%(name)s:%(message)s", force=True)
     logging.getLogger().addHandler(_ProgressHandler())
     cfg = PipelineConfig(**raw)
+    beam_tuning.install()  # before any Beam pipeline is built
     # The Dask runner's local cluster lives as long as the run (runners.started).
     with runners.started(cfg.beam_runner, cfg.beam_workers, cfg.beam_extra_args,
                          cfg.pipeline_root) as beam_args:
@@ -55,5 +56,16 @@ def main(argv):
     return 0
 
 
+def _exit_now(code: int) -> None:
+    """End the process without the interpreter's teardown. Once LocalDagRunner has returned,
+    every output is written and every execution committed to ML Metadata; what is left is
+    tearing down TF's and Beam's modules and native state, 2 s of the run on this machine
+    (measured: no Python frame ran in it). Logs and stdout are flushed first."""
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main(sys.argv))
+    _exit_now(main(sys.argv))

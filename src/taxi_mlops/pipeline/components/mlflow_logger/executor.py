@@ -15,7 +15,7 @@ import math
 import os
 import subprocess
 import tempfile
-from typing import Any, Dict, List
+from typing import Any, Dict, List, Optional
 
 from absl import logging
 from tfx import types
@@ -39,6 +39,7 @@ SLICE_METRICS = ("example_count", "positives", "negatives", "auc", "binary_accur
 # Overall-slice figures that are slice bookkeeping, not evaluation metrics.
 NOT_EVAL = ("positives", "negatives")
 PLOT_TIMEOUT_S = 120
+PLOT_FILE = "calibration_plot.png"
 
 
 def _finite(value) -> bool:
@@ -79,42 +80,52 @@ def _calibration_doc(table, buckets) -> dict:
                        for name, rows in buckets.items()}}
 
 
-def _draw_calibration_plot(platform_python: str, calibration_path: str, png_path: str) -> bool:
-    """matplotlib lives in the platform environment: draw there. A failed plot costs a
+def _start_calibration_plot(platform_python: str, calibration_path: str,
+                            png_path: str) -> Optional[subprocess.Popen]:
+    """matplotlib lives in the platform environment: draw there, while this process logs the
+    model (0.7 s of a fresh interpreter, overlapped). A plot that cannot be drawn costs a
     warning, never the run."""
     if not platform_python:
         logging.warning("MlflowLogger: no platform_python, no calibration plot")
-        return False
+        return None
     env = {**os.environ, "PYTHONPATH": str(paths.PROJECT_ROOT / "src")}
     try:
-        proc = subprocess.run([platform_python, "-m", "taxi_mlops.pipeline.calibration_plot",
-                               calibration_path, png_path],
-                              capture_output=True, text=True, env=env, timeout=PLOT_TIMEOUT_S)
-    except (OSError, subprocess.SubprocessError) as exc:
+        return subprocess.Popen([platform_python, "-m", "taxi_mlops.pipeline.calibration_plot",
+                                 calibration_path, png_path],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env)
+    except OSError as exc:
         logging.warning("MlflowLogger: calibration plot not drawn: %s", exc)
+        return None
+
+
+def _finish_calibration_plot(proc: Optional[subprocess.Popen], png_path: str) -> bool:
+    if proc is None:
+        return False
+    try:
+        _, stderr = proc.communicate(timeout=PLOT_TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.communicate()
+        logging.warning("MlflowLogger: calibration plot not drawn within %s s", PLOT_TIMEOUT_S)
         return False
     if proc.returncode != 0 or not os.path.exists(png_path):
         logging.warning("MlflowLogger: calibration plot failed (exit %s): %s",
-                        proc.returncode, proc.stderr[-2000:])
+                        proc.returncode, (stderr or "")[-2000:])
         return False
     return True
 
 
-def _log_slices(table, buckets, gate_report, platform_python: str) -> None:
-    """Slice metrics, ``evaluation/slice_metrics.json``, ``evaluation/calibration.json`` and
-    ``evaluation/calibration_plot.png`` in the active run."""
-    import mlflow
-
-    mlflow.log_metrics(_slice_metrics(table))
-    with tempfile.TemporaryDirectory() as tmp:
-        calibration_path = os.path.join(tmp, "calibration.json")
-        with open(calibration_path, "w") as f:
-            json.dump(_json_safe(_calibration_doc(table, buckets)), f)
-        with open(os.path.join(tmp, "slice_metrics.json"), "w") as f:
-            json.dump(_json_safe({"slices": table, "slice_gate": gate_report}), f, indent=1)
-        _draw_calibration_plot(platform_python, calibration_path,
-                               os.path.join(tmp, "calibration_plot.png"))
-        mlflow.log_artifacts(tmp, artifact_path="evaluation")
+def _write_slices(folder: str, table, buckets, gate_report,
+                  platform_python: str) -> Optional[subprocess.Popen]:
+    """``slice_metrics.json`` and ``calibration.json`` into ``folder`` (the run's
+    ``evaluation/`` artifacts); starts drawing ``calibration_plot.png`` beside them."""
+    calibration_path = os.path.join(folder, "calibration.json")
+    with open(calibration_path, "w") as f:
+        json.dump(_json_safe(_calibration_doc(table, buckets)), f)
+    with open(os.path.join(folder, "slice_metrics.json"), "w") as f:
+        json.dump(_json_safe({"slices": table, "slice_gate": gate_report}), f, indent=1)
+    return _start_calibration_plot(platform_python, calibration_path,
+                                   os.path.join(folder, PLOT_FILE))
 
 
 def _model_family(params: Dict[str, Any]) -> str:
@@ -185,7 +196,10 @@ class Executor(base_executor.BaseExecutor):
         family = _model_family(run_info["params"])
         gate_report = _gate_report(blessing.uri)
 
-        with mlflow.start_run(run_name=f"tfx-{model.id}") as run:
+        with tempfile.TemporaryDirectory() as evaluation_dir, \
+                mlflow.start_run(run_name=f"tfx-{model.id}") as run:
+            plot = _write_slices(evaluation_dir, table, buckets, gate_report,
+                                 exec_properties.get("platform_python") or "")
             mlflow.log_params(run_info["params"])
             for key, values in run_info["history"].items():
                 for step, value in enumerate(values):
@@ -201,7 +215,9 @@ class Executor(base_executor.BaseExecutor):
                 "slice_gate_failed": ",".join(gate_report.get("failed", [])),
             })
             logged = mlflow_model.log(serving_dir)  # a real MLflow Model (pyfunc)
-            _log_slices(table, buckets, gate_report, exec_properties.get("platform_python") or "")
+            mlflow.log_metrics(_slice_metrics(table))
+            _finish_calibration_plot(plot, os.path.join(evaluation_dir, PLOT_FILE))
+            mlflow.log_artifacts(evaluation_dir, artifact_path="evaluation")
             mlflow.log_text(mlflow_model.model_card(name, data_version, metrics,
                                                     slices=_card_slices(table, gate_report),
                                                     family=family),
