@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import types
 
-_installed = False
 _original = None  # Beam's get_dofn_specs, once install() has replaced it
 _specs: dict = {}  # DoFn class -> (state specs, timer specs)
 
@@ -40,8 +39,8 @@ def _per_class(dofn) -> bool:
 
 def install() -> bool:
     """Apply both changes; False if already applied."""
-    global _installed, _original
-    if _installed:
+    global _original
+    if _original is not None:
         return False
     from apache_beam.runners.portability.fn_api_runner import worker_handlers
     from apache_beam.transforms import userstate
@@ -49,7 +48,6 @@ def install() -> bool:
     worker_handlers.STATE_CACHE_SIZE_MB = 0
     _original = userstate.get_dofn_specs
     userstate.get_dofn_specs = _get_dofn_specs
-    _installed = True
     return True
 
 

@@ -10,12 +10,13 @@ run info) so families trained on the same data can be told apart in the registry
 stages are deprecated and not used.
 """
 
+import contextlib
 import json
 import math
 import os
 import subprocess
 import tempfile
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, Iterator, List, Optional
 
 from absl import logging
 from tfx import types
@@ -39,7 +40,6 @@ SLICE_METRICS = ("example_count", "positives", "negatives", "auc", "binary_accur
 # Overall-slice figures that are slice bookkeeping, not evaluation metrics.
 NOT_EVAL = ("positives", "negatives")
 PLOT_TIMEOUT_S = 120
-PLOT_FILE = "calibration_plot.png"
 
 
 def _finite(value) -> bool:
@@ -98,9 +98,10 @@ def _start_calibration_plot(platform_python: str, calibration_path: str,
         return None
 
 
-def _finish_calibration_plot(proc: Optional[subprocess.Popen], png_path: str) -> bool:
+def _finish_calibration_plot(proc: Optional[subprocess.Popen]) -> bool:
     if proc is None:
         return False
+    png_path = proc.args[-1]  # the output path _start_calibration_plot gave the drawing
     try:
         _, stderr = proc.communicate(timeout=PLOT_TIMEOUT_S)
     except subprocess.TimeoutExpired:
@@ -115,17 +116,26 @@ def _finish_calibration_plot(proc: Optional[subprocess.Popen], png_path: str) ->
     return True
 
 
-def _write_slices(folder: str, table, buckets, gate_report,
-                  platform_python: str) -> Optional[subprocess.Popen]:
+@contextlib.contextmanager
+def _slices_written(folder: str, table, buckets, gate_report,
+                    platform_python: str) -> Iterator[Optional[subprocess.Popen]]:
     """``slice_metrics.json`` and ``calibration.json`` into ``folder`` (the run's
-    ``evaluation/`` artifacts); starts drawing ``calibration_plot.png`` beside them."""
+    ``evaluation/`` artifacts), and the process drawing ``calibration_plot.png`` beside them
+    (``_finish_calibration_plot`` waits for it); a run that fails first does not leave it
+    behind."""
     calibration_path = os.path.join(folder, "calibration.json")
     with open(calibration_path, "w") as f:
         json.dump(_json_safe(_calibration_doc(table, buckets)), f)
     with open(os.path.join(folder, "slice_metrics.json"), "w") as f:
         json.dump(_json_safe({"slices": table, "slice_gate": gate_report}), f, indent=1)
-    return _start_calibration_plot(platform_python, calibration_path,
-                                   os.path.join(folder, PLOT_FILE))
+    proc = _start_calibration_plot(platform_python, calibration_path,
+                                   os.path.join(folder, "calibration_plot.png"))
+    try:
+        yield proc
+    finally:
+        if proc is not None and proc.poll() is None:
+            proc.kill()
+            proc.communicate()
 
 
 def _model_family(params: Dict[str, Any]) -> str:
@@ -197,9 +207,9 @@ class Executor(base_executor.BaseExecutor):
         gate_report = _gate_report(blessing.uri)
 
         with tempfile.TemporaryDirectory() as evaluation_dir, \
+                _slices_written(evaluation_dir, table, buckets, gate_report,
+                                exec_properties.get("platform_python") or "") as plot, \
                 mlflow.start_run(run_name=f"tfx-{model.id}") as run:
-            plot = _write_slices(evaluation_dir, table, buckets, gate_report,
-                                 exec_properties.get("platform_python") or "")
             mlflow.log_params(run_info["params"])
             for key, values in run_info["history"].items():
                 for step, value in enumerate(values):
@@ -216,7 +226,7 @@ class Executor(base_executor.BaseExecutor):
             })
             logged = mlflow_model.log(serving_dir)  # a real MLflow Model (pyfunc)
             mlflow.log_metrics(_slice_metrics(table))
-            _finish_calibration_plot(plot, os.path.join(evaluation_dir, PLOT_FILE))
+            _finish_calibration_plot(plot)
             mlflow.log_artifacts(evaluation_dir, artifact_path="evaluation")
             mlflow.log_text(mlflow_model.model_card(name, data_version, metrics,
                                                     slices=_card_slices(table, gate_report),
