@@ -11,8 +11,9 @@ then for ``--minutes``:
 * replays the trips CSV into Kafka (``streaming/replay.py``, retimed to now) at
   ``--replay-rate`` events per second;
 * every ``--kill-every`` seconds kills one component (SIGKILL to its process group, as
-  ``Supervisor.kill``), in turn: the gateway, a model-server replica, Redis, the Kafka broker,
-  the stream processor, the label join, MLflow; nobody restarts them but the keeper.
+  ``Supervisor.kill``), in turn: the active gateway instance, a model-server replica, Redis,
+  the Kafka broker, the stream processor, the label join, MLflow; nobody restarts them but
+  the keeper.
 
 Then it checks for loss:
 
@@ -250,9 +251,12 @@ def run_kills(settings: Settings, sup: Supervisor, seconds: float, every: float,
             time.sleep(max(0.0, at - time.monotonic()))
             template = ROTATION[n % len(ROTATION)]
             from taxi_mlops.serving import replica_name
+            from taxi_mlops.stack import services
 
             replica = 1 - (n // len(ROTATION)) % 2  # replica 1 in the first rotation, then 0, ...
             name = template.format(model_server=replica_name(replica))
+            if name == "gateway":  # the instance taking the traffic, not a standby
+                name = services.active_gateway_name(settings) or name
             say(f"kill -9 {name}")
             k = kill_and_wait(settings, sup, name, end + HEAL_DEADLINE_S)
             kills.append(k)

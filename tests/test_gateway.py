@@ -83,27 +83,34 @@ def _requests_total(stack) -> float:
                if line.startswith("taxi_gateway_requests_total{"))
 
 
-def test_the_port_answers_while_one_gateway_instance_is_down(stack, supervisor, trip, keeper_paused):
-    """Two gateway processes share the port: kill -9 of one, and the other answers every
-    request on a new connection; /metrics keeps summing the dead one's counters."""
+def test_the_standby_gateway_takes_over_the_port_when_the_active_one_dies(stack, supervisor, trip,
+                                                                         keeper_paused):
+    """Two gateway processes share the port: the first to listen takes every connection, the
+    other waits warm (healthy on its own socket). kill -9 of the active one, and the standby
+    answers every request on a new connection; /metrics keeps summing the dead one's counters;
+    restarted, the old active one comes back as the standby."""
     instances = services.gateway_services(stack)
     assert len(instances) >= 2, "the stack runs one gateway instance: no redundancy"
-    victim, survivor = instances[0], instances[1]
     pids = {i.name: supervisor.pid(i.name) for i in instances}
+    assert all(services.gateway_instance_up(stack, i.name) for i in instances)
     seen = {httpx.get(f"{stack.gateway_url}/health/live", timeout=5).json()["pid"] for _ in range(40)}
-    assert set(pids.values()) <= seen, f"not every instance answers on the port: {pids} vs {seen}"
+    assert len(seen) == 1 and seen <= set(pids.values()), f"connections not all steered to one: {seen}"
+    victim = services.active_gateway_name(stack)
+    survivor = next(name for name in pids if name != victim)
     before = _requests_total(stack)
-    supervisor.kill(victim.name)
+    supervisor.kill(victim)
     try:
         answers = [post(stack, {**trip, "trip_id": f"one-instance-{i}"}) for i in range(40)]
-        assert [r.status_code for r in answers] == [200] * 40, [r.text for r in answers if r.status_code != 200]
+        assert [r.status_code for r in answers] == [200] * 40, \
+            [r.text for r in answers if r.status_code != 200]
         live = {httpx.get(f"{stack.gateway_url}/health/live", timeout=5).json()["pid"] for _ in range(10)}
-        assert live == {pids[survivor.name]}, live
+        assert live == {pids[survivor]}, live
         assert _requests_total(stack) >= before + 40, "counters of the killed instance left the sum"
     finally:
-        supervisor.start(victim)
-    assert supervisor.pid(victim.name) not in (None, pids[victim.name])
-    assert services.gateway_instance_up(stack, 0) and services.gateway_instance_up(stack, 1)
+        supervisor.start(next(i for i in instances if i.name == victim))
+    assert supervisor.pid(victim) not in (None, pids[victim])
+    assert services.gateway_instance_up(stack, victim) and services.gateway_instance_up(stack, survivor)
+    assert services.active_gateway_name(stack) == survivor  # the restarted one waits as standby
 
 
 def test_model_server_down_gives_503_then_recovers(stack, supervisor, trip, keeper_paused):
@@ -135,7 +142,7 @@ def test_feature_store_down_answers_degraded_then_recovers(stack, supervisor, tr
     redis = services.redis_service(stack)
     supervisor.stop("redis")
     try:
-        for i in range(6):  # both instances, each with its own breaker
+        for i in range(6):  # every answer degraded, none a timeout
             started = time.monotonic()
             r = post(stack, {**trip, "trip_id": f"no-redis-{i}"})
             assert time.monotonic() - started < stack.request_timeout_s + 3  # never a hang
@@ -168,3 +175,37 @@ def test_chunked_body_over_the_limit_is_413(stack, trip):
     assert r.status_code == 413
     assert r.json()["detail"][0]["field"] == "body"
     assert post(stack, trip).status_code == 200  # the gateway is unharmed
+
+
+def test_the_gateway_s_async_feature_read_equals_feast_s_own_on_the_live_store(stack):
+    """``alookup_many`` reads each view from Feast's online store itself; it must answer as
+    ``FeatureStore.get_online_features`` does: batch views, the realtime view (a row pushed
+    here for an area no trip uses), unknown entities falling back to the prior row."""
+    import asyncio
+    from datetime import datetime, timezone
+
+    import pandas as pd
+    from feast.data_source import PushMode
+
+    from taxi_mlops.features import realtime
+    from taxi_mlops.gateway.features import FeatureLookup
+
+    lookup = FeatureLookup(stack)
+    now = datetime.now(timezone.utc)
+    lookup._store.push(realtime.PUSH_SOURCE, pd.DataFrame({
+        realtime.ENTITY_KEY: [4242], realtime.TIMESTAMP_FIELD: [now], realtime.CREATED_FIELD: [now],
+        realtime.TRIPS_15M: [7.0], realtime.AVG_FARE_1H: [12.5], realtime.TIP_RATE_1H: [0.25]}),
+        to=PushMode.ONLINE)
+    keys = [(8, "Taxi Affiliation Services"), (4242, "Flash Cab"), (-1, "UNKNOWN"), (4242, "no such company"),
+            (77, "Flash Cab")]
+
+    async def read():
+        return await lookup.alookup_many(keys)
+
+    direct, facade = asyncio.run(read()), lookup.lookup_many(keys)
+    assert direct == facade
+    values, defaulted = direct[1]
+    assert [values[name] for name in realtime.REALTIME_FEATURES] == [7.0, 12.5, 0.25]
+    assert not set(defaulted) & set(realtime.REALTIME_FEATURES)
+    assert "company_tip_rate" in direct[3][1]  # an unknown company: defaulted, to the prior row
+    assert not direct[0][1] or set(direct[0][1]) <= set(realtime.REALTIME_FEATURES)  # a known pair

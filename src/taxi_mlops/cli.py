@@ -127,7 +127,7 @@ def cmd_status(settings: Settings, args) -> int:
     table = Table(title=f"taxi-mlops stack ({status['state_dir']})")
     for col in ("component", "health", "url / path", "pid", "details"):
         table.add_column(col)
-    shown = ("version", "phase", "processed", "joined", "model", "docs", "targets", "down", "firing",
+    shown = ("version", "phase", "processed", "joined", "model", "role", "docs", "targets", "down", "firing",
              "groups", "alerts_stored", "restarts", "restart_reason")
     for name, c in status["components"].items():
         health = "[green]ok[/]" if c["healthy"] else "[red]down[/]"

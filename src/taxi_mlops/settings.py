@@ -162,6 +162,10 @@ class Settings(BaseSettings):
     gateway_instances: int = Field(2, ge=1, le=16, description=(
         "Independent gateway processes sharing the port (SO_REUSEPORT), each supervised on its "
         "own: one that crashes leaves the others answering while the keeper restarts it."))
+    gateway_standby: bool = Field(True, description=(
+        "The first gateway instance to listen takes every connection and the others wait warm, "
+        "taking over when it dies (gateway/reuseport.py); off: the kernel spreads connections "
+        "over all of them (for machines with cores to spare)."))
     log_level: str = "INFO"
 
     model_name: str = MODEL_NAME
@@ -173,6 +177,9 @@ class Settings(BaseSettings):
     model_batch_wait_ms: float = Field(0.0, ge=0, le=50, description=(
         "Micro-batching: under load, wait up to this long to gather more rows (0: only what "
         "queued during the previous call)."))
+    model_batch_inline_rows: int = Field(16, ge=0, le=256, description=(
+        "A lone request of at most this many rows is predicted on the event loop, without the "
+        "hand-over to the model's thread (0: always the thread)."))
 
     gateway_coalesce_max: int = Field(32, ge=1, le=64, description=(
         "Concurrent /predicts share one online read and one model call per target, at most "

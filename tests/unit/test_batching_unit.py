@@ -92,3 +92,25 @@ def test_alone_a_request_is_answered_without_waiting():
         return await asyncio.wait_for(batcher.submit(cols(4)), 1.0)
 
     assert asyncio.run(scenario()).tolist() == [8.0]
+
+
+def test_a_lone_small_request_is_predicted_on_the_event_loop_and_a_batch_on_the_thread():
+    threads: list[str] = []
+
+    def model(columns):
+        threads.append(threading.current_thread().name)
+        return (columns["x"] * 2).astype(np.float32)
+
+    async def scenario():
+        batcher = MicroBatcher(model, inline_rows=2, name="t")
+        alone = await batcher.submit(cols(1, 2))
+        large = await batcher.submit(cols(1, 2, 3))  # past inline_rows: the thread
+        together = await asyncio.gather(batcher.submit(cols(5)), batcher.submit(cols(6)))
+        return alone, large, together, threading.current_thread().name
+
+    alone, large, together, loop_thread = asyncio.run(scenario())
+    assert alone.tolist() == [2.0, 4.0] and large.tolist() == [2.0, 4.0, 6.0]
+    assert [t.tolist() for t in together] == [[10.0], [12.0]]
+    assert threads[0] == loop_thread
+    assert threads[1].startswith("predict-t") and threads[2].startswith("predict-t")  # one batch of two
+    assert len(threads) == 3

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import signal
 import sys
 import time
@@ -32,7 +33,7 @@ from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, Field, ValidationError
 
 from taxi_mlops import pids, runtime, security
-from taxi_mlops.gateway import metrics as gateway_metrics
+from taxi_mlops.gateway import metrics as gateway_metrics, reuseport
 from taxi_mlops.gateway.auth import require_admin
 from taxi_mlops.gateway.errors import (ADMIN, DependencyDown, documented,  # noqa: F401 (public)
                                        register_exception_handlers, validation_errors)
@@ -438,8 +439,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
 def _listening_socket(settings: Settings):
     """The gateway's port, bound with SO_REUSEPORT so that ``gateway_instances`` independent
-    processes share it (the kernel spreads new connections over those listening). Bound, not
-    listening: uvicorn listens once the app is warm, so no connection waits on a cold one."""
+    processes share it (``reuseport.py``: one active, the others warm standbys, unless
+    ``gateway_standby`` is off). Bound, not listening: uvicorn listens once the app is warm,
+    so no connection waits on a cold one."""
     import socket
 
     family = socket.AF_INET6 if ":" in settings.host else socket.AF_INET
@@ -456,6 +458,20 @@ def _listening_socket(settings: Settings):
     return sock
 
 
+def _server_class(steered):
+    """uvicorn's Server, steering the shared port's connections to its first listener once
+    this instance listens (``reuseport.steer_to_first``: it must follow listen())."""
+    import uvicorn
+
+    class Server(uvicorn.Server):
+        async def startup(self, sockets=None):
+            await super().startup(sockets=sockets)
+            if steered is not None and not self.should_exit:
+                reuseport.steer_to_first(steered)
+
+    return Server
+
+
 def main() -> None:
     """Serve with ``settings.gateway_workers`` uvicorn workers, each building the app from
     ``APP_IMPORT`` (a factory: workers are spawned processes, an app object cannot be passed).
@@ -463,6 +479,8 @@ def main() -> None:
     The metrics folder is set here, before any worker (or this process) imports
     prometheus_client or Feast; the workers inherit the environment. It is shared by the
     instances on this port (``/metrics`` sums them all) and wiped only when none of them runs.
+    Besides the shared port, the process answers on a Unix socket of its own
+    (``reuseport.instance_socket``): how the supervisor checks a standby's health.
     """
     import uvicorn
     from uvicorn.supervisors import Multiprocess
@@ -471,6 +489,7 @@ def main() -> None:
     logs.setup("gateway", settings.log_level)
     path = gateway_metrics.prepare_multiprocess_dir(settings)
     log.info("gateway starting", extra={"port": settings.gateway_port, "workers": settings.gateway_workers,
+                                        "standby": settings.gateway_standby,
                                         "metrics_enabled": settings.metrics_enabled, "metrics_dir": str(path)})
     # uvicorn re-raises the SIGTERM it handled once the server stopped; exit through Python
     # (not the default handler) so the folder below is released.
@@ -478,14 +497,16 @@ def main() -> None:
     config = uvicorn.Config(APP_IMPORT, factory=True, host=settings.host, port=settings.gateway_port,
                             workers=max(1, settings.gateway_workers), timeout_keep_alive=30,
                             log_config=logs.uvicorn_log_config("gateway", settings.log_level))
-    server = uvicorn.Server(config)
     sock = _listening_socket(settings)
+    own = reuseport.bind_instance_socket(settings.run_dir, os.getpid())
+    server = _server_class(sock if settings.gateway_standby else None)(config)
     try:
         if config.workers > 1:
-            Multiprocess(config, target=server.run, sockets=[sock]).run()
+            Multiprocess(config, target=server.run, sockets=[sock, own]).run()
         else:
-            server.run(sockets=[sock])
+            server.run(sockets=[sock, own])
     finally:
+        reuseport.instance_socket(settings.run_dir, os.getpid()).unlink(missing_ok=True)
         gateway_metrics.release_multiprocess_dir(path)
         if config.workers > 1:  # the workers' serving markers (see _lifespan)
             pids.forget_serving(settings.gateway_serving_dir)

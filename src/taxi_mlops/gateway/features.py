@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import threading
 import time
 from typing import Callable
@@ -24,6 +25,15 @@ class FeatureLookup:
         self._refs = [f"{proj.name}:{f.name}" for proj in service.feature_view_projections
                       for f in proj.features]
         self._refs += [f"{realtime.REALTIME_VIEW}:{name}" for name in realtime.REALTIME_FEATURES]
+        # The async path reads each view from the online store itself (see alookup_many).
+        from feast.infra.online_stores.helpers import get_online_store_from_config
+
+        self._config = self._store.config
+        self._online = get_online_store_from_config(self._config.online_store)
+        self._views = [(self._store.get_feature_view(proj.name), [f.name for f in proj.features])
+                       for proj in service.feature_view_projections]
+        self._views.append((self._store.get_feature_view(realtime.REALTIME_VIEW),
+                            list(realtime.REALTIME_FEATURES)))
 
     def lookup_many(self, keys: list[tuple[int, str]]) -> list[tuple[dict[str, float], list[str]]]:
         """Store features for each (area, company) pair, and the names that fell back to
@@ -36,13 +46,26 @@ class FeatureLookup:
         return self._rows(len(keys), response.to_dict())
 
     async def alookup_many(self, keys: list[tuple[int, str]]) -> list[tuple[dict[str, float], list[str]]]:
-        """``lookup_many`` on the event loop: Feast's async read (redis.asyncio, every view's
-        keys in one pipeline). The gateway's path (issue 11): a blocking read needs a worker
-        thread, and under load that thread waits for the GIL up to the interpreter's switch
-        interval (5 ms) at every hand-over, while the read itself costs about 0.5 ms."""
-        response = await self._store.get_online_features_async(features=self._refs,
-                                                                entity_rows=_entity_rows(keys))
-        return self._rows(len(keys), response.to_dict())
+        """``lookup_many`` on the event loop, the gateway's path (issue 11), with the same
+        answers (tests/test_gateway.py compares them on the live store).
+
+        On the event loop: a blocking read needs a worker thread, and under load that thread
+        waits for the GIL up to the interpreter's switch interval (5 ms) at every hand-over.
+        Each view read straight from Feast's online store (``online_read_async``, the three
+        reads gathered): ``FeatureStore.get_online_features_async`` resolves the references,
+        groups entities and builds a response proto on every call, 0.74-0.90 ms of CPU per
+        read here against 0.47-0.50 ms for the store's own reads (README, serving
+        performance). The views and the store are resolved once, at construction."""
+        pairs = [*keys, (schema.PRIOR_AREA, schema.PRIOR_COMPANY)]
+        reads = await asyncio.gather(*(
+            self._online.online_read_async(self._config, view, [_entity_key(view, a, c) for a, c in pairs],
+                                           list(names))  # Feast may reorder the list it gets
+            for view, names in self._views))
+        columns = {}
+        for (_, names), rows in zip(self._views, reads):
+            for name in names:
+                columns[name] = [_python(values.get(name)) if values else None for _, values in rows]
+        return self._rows(len(keys), columns)
 
     def _rows(self, count: int, rows: dict) -> list[tuple[dict[str, float], list[str]]]:
         prior_at = count
@@ -75,6 +98,25 @@ class FeatureLookup:
             entity_rows=[{schema.AREA_KEY: schema.MISSING_AREA, schema.COMPANY_KEY: schema.MISSING_COMPANY}],
         )
         return True
+
+
+def _entity_key(view, area: int, company: str):
+    """The online store's key of ``view`` for one trip: its join keys among (area, company),
+    typed as the entities declare them (Int64, String)."""
+    from feast.protos.feast.types.EntityKey_pb2 import EntityKey
+    from feast.protos.feast.types.Value_pb2 import Value
+
+    values = {schema.AREA_KEY: Value(int64_val=area), schema.COMPANY_KEY: Value(string_val=company)}
+    names = sorted(view.join_keys)
+    return EntityKey(join_keys=names, entity_values=[values[n] for n in names])
+
+
+def _python(value) -> float | int | str | None:
+    """A feature's value as Python, None when the store has none (as ``to_dict`` gives)."""
+    if value is None:
+        return None
+    kind = value.WhichOneof("val")
+    return None if kind is None else getattr(value, kind)
 
 
 def _entity_rows(keys: list[tuple[int, str]]) -> list[dict]:

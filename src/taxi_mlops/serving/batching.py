@@ -10,8 +10,12 @@ whatever queued during the previous call, so the wait is bounded by one call's t
 at most ``max_wait_s`` spent gathering (only when the previous call was shared, i.e. under
 load) while fewer than ``max_rows`` rows wait.
 Calls run one at a time on a thread of their own (TensorFlow releases the GIL, so the event
-loop keeps parsing requests meanwhile). A batch that fails is retried request by request,
-so one bad request fails alone.
+loop keeps parsing requests meanwhile), except a lone small request (``inline_rows``): it is
+predicted on the event loop itself. The hand-over to the thread and back cost 0.17-0.18 ms of
+CPU per call in-process (0.82-0.84 against 0.64-0.68 ms for a one-row call), and a lone
+request has nobody to let in meanwhile; requests that arrive during it wait in the socket
+and form the next batch, which goes to the thread. A batch that fails is retried request by
+request, so one bad request fails alone.
 """
 
 from __future__ import annotations
@@ -27,8 +31,9 @@ Columns = dict[str, np.ndarray]
 
 class MicroBatcher:
     def __init__(self, predict: Callable[[Columns], np.ndarray], max_rows: int = 256,
-                 max_wait_s: float = 0.0, name: str = "model"):
+                 max_wait_s: float = 0.0, name: str = "model", inline_rows: int = 0):
         self.predict, self.max_rows, self.max_wait_s = predict, max(1, max_rows), max(0.0, max_wait_s)
+        self.inline_rows = max(0, inline_rows)
         self._pending: list = []
         self._drain: asyncio.Task | None = None
         self._executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix=f"predict-{name}")
@@ -63,8 +68,8 @@ class MicroBatcher:
         self.calls += 1
         self.requests += len(batch)
         if len(batch) == 1:
-            columns, _, future = batch[0]
-            await self._settle(loop, future, columns)
+            columns, rows, future = batch[0]
+            await self._settle(loop, future, columns, inline=rows <= self.inline_rows and not self._pending)
             return
         names = batch[0][0].keys()
         joined = {n: np.concatenate([c[n] for c, _, _ in batch]) for n in names}
@@ -80,9 +85,12 @@ class MicroBatcher:
                 future.set_result(out[start:start + n])
             start += n
 
-    async def _settle(self, loop, future: asyncio.Future, columns: Columns) -> None:
+    async def _settle(self, loop, future: asyncio.Future, columns: Columns, inline: bool = False) -> None:
         try:
-            result = await loop.run_in_executor(self._executor, self.predict, columns)
+            if inline:
+                result = self.predict(columns)
+            else:
+                result = await loop.run_in_executor(self._executor, self.predict, columns)
         except Exception as exc:
             if not future.done():
                 future.set_exception(exc)

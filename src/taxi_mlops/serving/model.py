@@ -44,9 +44,10 @@ class TaxiTipModel(Model):
 
     def __init__(self, name: str, tracking_uri: str, registered_name: str, alias: str,
                  cache_dir: Path | None = None, metrics: ModelServerMetrics | None = None,
-                 batch_max_rows: int = 256, batch_wait_s: float = 0.0):
+                 batch_max_rows: int = 256, batch_wait_s: float = 0.0, batch_inline_rows: int = 0):
         super().__init__(name)
         self.batch_max_rows, self.batch_wait_s = batch_max_rows, batch_wait_s
+        self.batch_inline_rows = batch_inline_rows
         self._batcher: MicroBatcher | None = None
         self.tracking_uri = tracking_uri
         self.registered_name = registered_name
@@ -149,7 +150,8 @@ class TaxiTipModel(Model):
                       response_headers: dict | None = None) -> InferResponse | dict:
         if self._batcher is None:  # concurrent requests share one model call (serving/batching.py)
             self._batcher = MicroBatcher(self._model.predict_columns, self.batch_max_rows,
-                                         self.batch_wait_s, name=f"v{self.version}")
+                                         self.batch_wait_s, name=f"v{self.version}",
+                                         inline_rows=self.batch_inline_rows)
         probabilities = await self._batcher.submit(payload["columns"])
         if payload["protocol"] == "v1":
             return {"predictions": probabilities.tolist(), "model_version": self.version}

@@ -261,7 +261,8 @@ def loader(settings: Settings, metrics: ModelServerMetrics | None, replica: int)
         model = TaxiTipModel(name=settings.model_name, tracking_uri=settings.mlflow_tracking_uri,
                              registered_name=settings.model_name, alias=ref.alias, cache_dir=cache,
                              batch_max_rows=settings.model_batch_max_rows,
-                             batch_wait_s=settings.model_batch_wait_ms / 1000)
+                             batch_wait_s=settings.model_batch_wait_ms / 1000,
+                             batch_inline_rows=settings.model_batch_inline_rows)
         recorder = RequestRecorder(metrics, settings.model_name, info.version) if metrics else None
         model.load_ref(ref, recorder)
         model.warm()

@@ -196,27 +196,40 @@ def gateway_name(instance: int) -> str:
     return "gateway" if instance == 0 else f"gateway-{instance}"
 
 
-def gateway_instance_up(settings: Settings, instance: int | str, attempts: int = 16) -> bool:
-    """This instance (not a sibling on the shared port) answers ``/health/live``: the kernel
-    spreads new connections over the listening processes, so a few fresh connections reach
-    each. Its pid comes from the supervisor's pid file; no live pid, not up."""
+def gateway_instance_up(settings: Settings, instance: int | str) -> bool:
+    """This instance answers ``/health/live`` on its own Unix socket (``gateway/reuseport.py``):
+    a standby takes no connection on the shared port, so the port cannot tell. Its pid comes
+    from the supervisor's pid file; no live pid, not up."""
+    from taxi_mlops.gateway.reuseport import instance_socket
     from taxi_mlops.pids import live_pid, serving_children
 
     name = instance if isinstance(instance, str) else gateway_name(instance)
     pid = live_pid(settings.run_dir / f"{name}.pid")
     if pid is None:
         return False
-    url = f"{settings.gateway_url}/health/live"
-    for _ in range(attempts):
-        try:
-            body = httpx.get(url, timeout=PROBE_TIMEOUT_S).json()  # a new connection each time
-        except (httpx.HTTPError, ValueError):
-            return False
-        if pid in (body.get("pid"), body.get("parent_pid")):
-            # several workers: up once each is past its warm-up, not when the first one is
-            return settings.gateway_workers <= 1 or \
-                serving_children(settings.gateway_serving_dir, pid) >= settings.gateway_workers
-    return False
+    own = instance_socket(settings.run_dir, pid)
+    if not own.exists():
+        return False
+    try:
+        with httpx.Client(transport=httpx.HTTPTransport(uds=str(own)), timeout=PROBE_TIMEOUT_S) as client:
+            body = client.get("http://gateway/health/live").json()
+    except (httpx.HTTPError, ValueError):
+        return False
+    if pid not in (body.get("pid"), body.get("parent_pid")):
+        return False
+    # several workers: up once each is past its warm-up, not when the first one is
+    return settings.gateway_workers <= 1 or \
+        serving_children(settings.gateway_serving_dir, pid) >= settings.gateway_workers
+
+
+def gateway_active(settings: Settings) -> int | None:
+    """The pid of the gateway process that takes the shared port's connections (the active
+    instance; with ``gateway_standby`` off, whichever the kernel picked), None if none answers."""
+    try:
+        body = httpx.get(f"{settings.gateway_url}/health/live", timeout=PROBE_TIMEOUT_S).json()
+    except (httpx.HTTPError, ValueError):
+        return None
+    return body.get("parent_pid") if settings.gateway_workers > 1 else body.get("pid")
 
 
 def _no_stranger_on_gateway_port(settings: Settings, name: str) -> None:
@@ -253,8 +266,29 @@ def gateway_service(settings: Settings, instance: int = 0, name: str | None = No
         prepare=lambda: _no_stranger_on_gateway_port(settings, name),
         url=settings.gateway_url,
         env={**settings.as_env(), **security.mlflow_env(settings)},  # promote, rollback: writes
-        details=lambda: {"docs": f"{settings.gateway_url}/docs"},
+        details=lambda: {"docs": f"{settings.gateway_url}/docs", "role": _gateway_role(settings, name)},
     )
+
+
+def active_gateway_name(settings: Settings) -> str | None:
+    """The name of the instance that takes the shared port's connections, None if none of
+    ours answers there."""
+    from taxi_mlops.pids import live_pid
+
+    active = gateway_active(settings)
+    for instance in range(settings.gateway_instances):
+        name = gateway_name(instance)
+        if active is not None and live_pid(settings.run_dir / f"{name}.pid") == active:
+            return name
+    return None
+
+
+def _gateway_role(settings: Settings, name: str) -> str:
+    """``active`` (takes the port's connections) or ``standby``, for ``status``; ``sharing``
+    when the kernel spreads connections over every instance."""
+    if not settings.gateway_standby:
+        return "sharing"
+    return "active" if active_gateway_name(settings) == name else "standby"
 
 
 def gateway_services(settings: Settings) -> list[Service]:
