@@ -21,11 +21,13 @@ import asyncio
 import logging
 import os
 import signal
+import socket
 import sys
 import time
 from contextlib import asynccontextmanager
 from datetime import datetime
 
+import uvicorn
 from fastapi import BackgroundTasks, Body, Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.concurrency import run_in_threadpool
@@ -442,8 +444,6 @@ def _listening_socket(settings: Settings):
     processes share it (``reuseport.py``: one active, the others warm standbys, unless
     ``gateway_standby`` is off). Bound, not listening: uvicorn listens once the app is warm,
     so no connection waits on a cold one."""
-    import socket
-
     family = socket.AF_INET6 if ":" in settings.host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -458,18 +458,19 @@ def _listening_socket(settings: Settings):
     return sock
 
 
-def _server_class(steered):
-    """uvicorn's Server, steering the shared port's connections to its first listener once
-    this instance listens (``reuseport.steer_to_first``: it must follow listen())."""
-    import uvicorn
+class SteeringServer(uvicorn.Server):
+    """uvicorn's Server that, once it listens, steers the shared port's connections to the
+    group's first listener (``reuseport.steer_to_first`` must follow listen()). At module
+    level: with several workers uvicorn pickles ``server.run`` into spawned processes."""
 
-    class Server(uvicorn.Server):
-        async def startup(self, sockets=None):
-            await super().startup(sockets=sockets)
-            if steered is not None and not self.should_exit:
-                reuseport.steer_to_first(steered)
+    steer = False
 
-    return Server
+    async def startup(self, sockets=None):
+        await super().startup(sockets=sockets)
+        if self.steer and not self.should_exit:
+            for sock in sockets or ():
+                if sock.family in (socket.AF_INET, socket.AF_INET6):  # not the instance's own
+                    reuseport.steer_to_first(sock)
 
 
 def main() -> None:
@@ -482,7 +483,6 @@ def main() -> None:
     Besides the shared port, the process answers on a Unix socket of its own
     (``reuseport.instance_socket``): how the supervisor checks a standby's health.
     """
-    import uvicorn
     from uvicorn.supervisors import Multiprocess
 
     settings = get_settings()
@@ -499,7 +499,8 @@ def main() -> None:
                             log_config=logs.uvicorn_log_config("gateway", settings.log_level))
     sock = _listening_socket(settings)
     own = reuseport.bind_instance_socket(settings.run_dir, os.getpid())
-    server = _server_class(sock if settings.gateway_standby else None)(config)
+    server = SteeringServer(config)
+    server.steer = settings.gateway_standby
     try:
         if config.workers > 1:
             Multiprocess(config, target=server.run, sockets=[sock, own]).run()
