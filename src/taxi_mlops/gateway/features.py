@@ -22,18 +22,17 @@ class FeatureLookup:
         self.prior: dict[str, float] = {}  # the last prior row read: what a degraded answer uses
         self._store = store.feature_store(settings)
         service = self._store.get_feature_service(schema.FEATURE_SERVICE)
-        self._refs = [f"{proj.name}:{f.name}" for proj in service.feature_view_projections
-                      for f in proj.features]
-        self._refs += [f"{realtime.REALTIME_VIEW}:{name}" for name in realtime.REALTIME_FEATURES]
-        # The async path reads each view from the online store itself (see alookup_many).
-        from feast.infra.online_stores.helpers import get_online_store_from_config
-
-        self._config = self._store.config
-        self._online = get_online_store_from_config(self._config.online_store)
+        # The views and their features: the async path reads each from the online store
+        # itself (see alookup_many), the blocking one asks the FeatureStore for their refs.
         self._views = [(self._store.get_feature_view(proj.name), [f.name for f in proj.features])
                        for proj in service.feature_view_projections]
         self._views.append((self._store.get_feature_view(realtime.REALTIME_VIEW),
                             list(realtime.REALTIME_FEATURES)))
+        self._refs = [f"{view.name}:{name}" for view, names in self._views for name in names]
+        from feast.infra.online_stores.helpers import get_online_store_from_config
+
+        self._config = self._store.config
+        self._online = get_online_store_from_config(self._config.online_store)
 
     def lookup_many(self, keys: list[tuple[int, str]]) -> list[tuple[dict[str, float], list[str]]]:
         """Store features for each (area, company) pair, and the names that fell back to

@@ -225,30 +225,44 @@ def gateway_instance_up(settings: Settings, instance: int | str) -> bool:
 def gateway_active(settings: Settings) -> int | None:
     """The pid of the gateway process that takes the shared port's connections (the active
     instance; with ``gateway_standby`` off, whichever the kernel picked), None if none answers."""
-    try:
-        body = httpx.get(f"{settings.gateway_url}/health/live", timeout=PROBE_TIMEOUT_S).json()
-    except (httpx.HTTPError, ValueError):
+    body = _port_liveness(settings)
+    if not body:
         return None
     return body.get("parent_pid") if settings.gateway_workers > 1 else body.get("pid")
+
+
+def _port_liveness(settings: Settings) -> dict | None:
+    """The body of ``GET /health/live`` on the shared port ({} for an answer that is not a
+    200 with JSON); None if nothing answers there."""
+    try:
+        response = httpx.get(f"{settings.gateway_url}/health/live", timeout=PROBE_TIMEOUT_S)
+    except httpx.HTTPError:
+        return None
+    try:
+        return response.json() if response.status_code == 200 else {}
+    except ValueError:
+        return {}
+
+
+def _gateway_pids(settings: Settings, *extra: str) -> dict[str, int]:
+    """Our gateway instances' live pids by name (``extra``: other instance names too)."""
+    from taxi_mlops.pids import live_pid
+
+    names = dict.fromkeys([*(gateway_name(i) for i in range(settings.gateway_instances)), *extra])
+    return {n: pid for n in names if (pid := live_pid(settings.run_dir / f"{n}.pid")) is not None}
 
 
 def _no_stranger_on_gateway_port(settings: Settings, name: str) -> None:
     """SO_REUSEPORT would let this instance share the port with another stack's gateway (same
     user) and split the traffic silently: refuse to start while anything but our own
     instances answers there."""
-    from taxi_mlops.pids import live_pid
     from taxi_mlops.stack.process import ServiceStartError
 
-    ours = {live_pid(settings.run_dir / f"{n}.pid")
-            for n in {name, *(gateway_name(i) for i in range(settings.gateway_instances))}} - {None}
+    ours = set(_gateway_pids(settings, name).values())
     for _ in range(8):
-        try:
-            response = httpx.get(f"{settings.gateway_url}/health/live", timeout=PROBE_TIMEOUT_S)
-            body = response.json() if response.status_code == 200 else {}
-        except httpx.HTTPError:
+        body = _port_liveness(settings)
+        if body is None:
             return  # nothing answers: the port is ours to take
-        except ValueError:
-            body = {}
         if not ours & {body.get("pid"), body.get("parent_pid")}:
             raise ServiceStartError(name, f"something else already answers at "
                                     f"{settings.gateway_url} (stop it or choose another port in the "
@@ -273,14 +287,10 @@ def gateway_service(settings: Settings, instance: int = 0, name: str | None = No
 def active_gateway_name(settings: Settings) -> str | None:
     """The name of the instance that takes the shared port's connections, None if none of
     ours answers there."""
-    from taxi_mlops.pids import live_pid
-
     active = gateway_active(settings)
-    for instance in range(settings.gateway_instances):
-        name = gateway_name(instance)
-        if active is not None and live_pid(settings.run_dir / f"{name}.pid") == active:
-            return name
-    return None
+    if active is None:
+        return None
+    return next((name for name, pid in _gateway_pids(settings).items() if pid == active), None)
 
 
 def _gateway_role(settings: Settings, name: str) -> str:
