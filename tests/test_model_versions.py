@@ -105,6 +105,8 @@ def test_two_versions_answer_by_number_and_by_alias(stack, champion, second, tri
     # bad input is still a 400 naming the input, on the versioned route too
     bad = _post(stack, f"/versions/{second}/infer", {"inputs": _inputs(trip)[1:]})
     assert bad.status_code == 400 and "missing input(s)" in bad.json()["error"]
+    garbled = httpx.post(f"{base}/versions/{second}/infer", content=b'{"inputs": [', timeout=10)
+    assert garbled.status_code == 400 and "not a v2 inference request" in garbled.json()["error"]
 
 
 def test_unknown_versions_and_aliases_are_404_naming_them(stack, second, trip):

@@ -14,6 +14,8 @@ raise NotImplementedError in 0.15, and FastAPI answers with the first match):
   request (``ServedModel``).
 - ``POST /v2/models/{name}/versions/{ref}/infer``, ``GET .../versions/{ref}/ready`` and
   ``GET .../versions/{ref}``: ``ref`` is a version number or an alias; 404 unknown, 503 loading.
+  The infer route, the gateway's call for every prediction, is answered before FastAPI's
+  routing (``serving/fast_infer.py``) by the handler its FastAPI route also calls.
 - ``GET /v2/models/{name}/versions``: the alias map and every hosted version's state.
 - ``POST /v2/models/{name}/refresh`` (admin bearer token): reread the registry now.
 
@@ -61,7 +63,7 @@ from pydantic import ValidationError  # noqa: E402
 from taxi_mlops import runtime, security  # noqa: E402
 from taxi_mlops.observability import logs  # noqa: E402
 from taxi_mlops.registry.models import VersionInfo  # noqa: E402
-from taxi_mlops.serving import replica_name, repository as repo_mod  # noqa: E402
+from taxi_mlops.serving import fast_infer, replica_name, repository as repo_mod  # noqa: E402
 from taxi_mlops.serving.metrics import ModelServerMetrics, RequestRecorder  # noqa: E402
 from taxi_mlops.serving.model import ModelNotRegistered, TaxiTipModel  # noqa: E402
 from taxi_mlops.serving.repository import NotReady, UnknownRef, VersionRepository  # noqa: E402
@@ -72,9 +74,11 @@ log = logging.getLogger(__name__)
 REFRESH_WAIT_S = 60.0
 
 
-def _bind_rest_server_to(host: str, routes: APIRouter | None = None) -> None:
-    """KServe's REST server on ``host``, with ``routes`` matched before KServe's own, and
-    without KServe's ``TimingMiddleware``: it measures wall and CPU time of every request
+def _bind_rest_server_to(host: str, routes: APIRouter | None = None,
+                         infer: fast_infer.InferHandler | None = None) -> None:
+    """KServe's REST server on ``host``, with ``routes`` matched before KServe's own, the
+    versioned infer route ``infer`` taken before FastAPI's routing (``serving/fast_infer.py``),
+    and without KServe's ``TimingMiddleware``: it measures wall and CPU time of every request
     only to hand them to ``kserve.trace`` at INFO, which ``setup_logging`` silences (our own
     per-request line and histograms carry the timing). Issue 11: per-request CPU."""
     class RESTServer(rest_server.RESTServer):
@@ -88,7 +92,11 @@ def _bind_rest_server_to(host: str, routes: APIRouter | None = None) -> None:
             super()._register_endpoints(app)
 
         def _add_middlewares(self, app: FastAPI):
-            pass  # KServe adds TimingMiddleware (above) and an access logger we never configure
+            # not KServe's TimingMiddleware (above) nor its access logger (never configured);
+            # the handlers dict is the app's own, filled by _add_exception_handlers after this
+            if infer is not None:
+                app.add_middleware(fast_infer.InferFastPath, infer=infer,
+                                   exception_handlers=app.exception_handlers)
 
     kserve_model_server.RESTServer = RESTServer
 
@@ -144,10 +152,46 @@ def _error(status: int, message: str) -> JSONResponse:
     return JSONResponse(status_code=status, content={"error": message})
 
 
-def version_routes(settings: Settings, repository: VersionRepository) -> APIRouter:
+def versioned_infer(settings: Settings, repository: VersionRepository) -> fast_infer.InferHandler:
+    """``POST /v2/models/{name}/versions/{ref}/infer`` as (name, ref, body, headers) ->
+    (status, JSON bytes): served by ``fast_infer.InferFastPath`` and, for any other spelling
+    of the path, by the FastAPI route (the same function). KServe's exceptions propagate to
+    the app's handlers (``InvalidInput`` from preprocess becomes 400)."""
+    name = settings.model_name
+
+    async def infer(model_name: str, ref: str, body: bytes, headers: dict) -> tuple[int, bytes]:
+        if model_name != name:
+            return 404, _error_bytes(f"model {model_name!r} does not exist (this server hosts {name!r})")
+        try:
+            _, model = repository.resolve(ref)
+        except UnknownRef as exc:
+            return 404, _error_bytes(str(exc))
+        except NotReady as exc:
+            return 503, _error_bytes(str(exc))
+        try:
+            request = InferenceRequest.model_validate_json(body)
+        except ValidationError as exc:
+            return 400, _error_bytes(f"not a v2 inference request: {exc}"[:1000])
+        response, _ = await model(InferRequest.from_inference_request(request, model_name),
+                                  headers=headers)
+        rest, _ = response.to_rest()
+        # The v2 response as bytes, straight from the dict: a pydantic model would be
+        # validated and then re-encoded by FastAPI's jsonable_encoder (issue 11).
+        return 200, orjson.dumps(rest, option=orjson.OPT_SERIALIZE_NUMPY)
+
+    return infer
+
+
+def _error_bytes(message: str) -> bytes:
+    return orjson.dumps({"error": message})
+
+
+def version_routes(settings: Settings, repository: VersionRepository,
+                   handler: fast_infer.InferHandler | None = None) -> APIRouter:
     """The versioned v2 routes, the listing and the admin refresh (see the module docstring)."""
     router = APIRouter(prefix="/v2/models/{model_name}")
     name = settings.model_name
+    handler = handler or versioned_infer(settings, repository)
 
     def resolve(model_name: str, ref: str) -> tuple[str, TaxiTipModel] | JSONResponse:
         if model_name != name:
@@ -199,22 +243,8 @@ def version_routes(settings: Settings, repository: VersionRepository) -> APIRout
 
     @router.post("/versions/{ref}/infer")
     async def infer(model_name: str, ref: str, request: Request):
-        found = resolve(model_name, ref)
-        if isinstance(found, JSONResponse):
-            return found
-        _, model = found
-        try:
-            body = InferenceRequest.model_validate_json(await request.body())
-        except ValidationError as exc:
-            return _error(400, f"not a v2 inference request: {exc}"[:1000])
-        infer_request = InferRequest.from_inference_request(body, model_name)
-        # InvalidInput from preprocess becomes 400 through KServe's app-level handler
-        response, _ = await model(infer_request, headers=dict(request.headers))
-        rest, _ = response.to_rest()
-        # The v2 response as bytes, straight from the dict: a pydantic model returned here
-        # would be validated and then re-encoded by FastAPI's jsonable_encoder (issue 11).
-        return Response(orjson.dumps(rest, option=orjson.OPT_SERIALIZE_NUMPY),
-                        media_type="application/json")
+        status, content = await handler(model_name, ref, await request.body(), dict(request.headers))
+        return Response(content, status_code=status, media_type="application/json")
 
     return router
 
@@ -313,7 +343,8 @@ def main(argv: list[str] | None = None) -> None:
     metrics = ModelServerMetrics() if settings.metrics_enabled else None
     repository = start_repository(settings, metrics, args.replica)
     _undo_feast_import()
-    _bind_rest_server_to(settings.host, version_routes(settings, repository))
+    infer = versioned_infer(settings, repository)
+    _bind_rest_server_to(settings.host, version_routes(settings, repository, infer), infer)
     if args.grpc_port:
         _bind_grpc_server_to(settings.host)
     served = ServedModel(settings.model_name, repository, settings.serving_alias)
