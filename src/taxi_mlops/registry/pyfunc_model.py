@@ -101,8 +101,12 @@ def _packed_call(tf, fn):
                      for j, name in enumerate(names)})[OUTPUT]
 
     numpy_types = {"float32": np.float32, "int64": np.int64, "string": object}
-    return ([(numpy_types[dtype], dtype, names) for dtype, names in groups],
-            packed.get_concrete_function())
+    concrete = packed.get_concrete_function()
+    call, captured = getattr(concrete, "_call_flat", None), concrete.captured_inputs
+    if call is not None:  # past the binding of its three arguments, as ``_flat_call`` (0.11 ms)
+        return ([(numpy_types[dtype], dtype, names) for dtype, names in groups],
+                lambda *matrices: call(list(matrices), captured))
+    return [(numpy_types[dtype], dtype, names) for dtype, names in groups], concrete
 
 
 mlflow.models.set_model(TaxiTipPyfunc())
