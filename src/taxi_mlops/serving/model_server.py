@@ -152,6 +152,35 @@ def _error(status: int, message: str) -> JSONResponse:
     return JSONResponse(status_code=status, content={"error": message})
 
 
+def _error_bytes(message: str) -> bytes:
+    return orjson.dumps({"error": message})
+
+
+class _Refused(Exception):
+    """A versioned route's 404 or 503, decided before any model is asked."""
+
+    def __init__(self, status: int, message: str):
+        super().__init__(message)
+        self.status, self.message = status, message
+
+
+def _no_such_model(model_name: str, name: str) -> str:
+    return f"model {model_name!r} does not exist (this server hosts {name!r})"
+
+
+def _resolve(name: str, repository: VersionRepository, model_name: str, ref: str) -> tuple[str, TaxiTipModel]:
+    """(version, model) for ``ref`` of ``model_name``; ``_Refused`` 404 for another model or an
+    unknown ref, 503 for a version still loading."""
+    if model_name != name:
+        raise _Refused(404, _no_such_model(model_name, name))
+    try:
+        return repository.resolve(ref)
+    except UnknownRef as exc:
+        raise _Refused(404, str(exc)) from exc
+    except NotReady as exc:
+        raise _Refused(503, str(exc)) from exc
+
+
 def versioned_infer(settings: Settings, repository: VersionRepository) -> fast_infer.InferHandler:
     """``POST /v2/models/{name}/versions/{ref}/infer`` as (name, ref, body, headers) ->
     (status, JSON bytes): served by ``fast_infer.InferFastPath`` and, for any other spelling
@@ -160,14 +189,10 @@ def versioned_infer(settings: Settings, repository: VersionRepository) -> fast_i
     name = settings.model_name
 
     async def infer(model_name: str, ref: str, body: bytes, headers: dict) -> tuple[int, bytes]:
-        if model_name != name:
-            return 404, _error_bytes(f"model {model_name!r} does not exist (this server hosts {name!r})")
         try:
-            _, model = repository.resolve(ref)
-        except UnknownRef as exc:
-            return 404, _error_bytes(str(exc))
-        except NotReady as exc:
-            return 503, _error_bytes(str(exc))
+            _, model = _resolve(name, repository, model_name, ref)
+        except _Refused as refused:
+            return refused.status, _error_bytes(refused.message)
         try:
             request = InferenceRequest.model_validate_json(body)
         except ValidationError as exc:
@@ -182,10 +207,6 @@ def versioned_infer(settings: Settings, repository: VersionRepository) -> fast_i
     return infer
 
 
-def _error_bytes(message: str) -> bytes:
-    return orjson.dumps({"error": message})
-
-
 def version_routes(settings: Settings, repository: VersionRepository,
                    handler: fast_infer.InferHandler | None = None) -> APIRouter:
     """The versioned v2 routes, the listing and the admin refresh (see the module docstring)."""
@@ -194,14 +215,10 @@ def version_routes(settings: Settings, repository: VersionRepository,
     handler = handler or versioned_infer(settings, repository)
 
     def resolve(model_name: str, ref: str) -> tuple[str, TaxiTipModel] | JSONResponse:
-        if model_name != name:
-            return _error(404, f"model {model_name!r} does not exist (this server hosts {name!r})")
         try:
-            return repository.resolve(ref)
-        except UnknownRef as exc:
-            return _error(404, str(exc))
-        except NotReady as exc:
-            return _error(503, str(exc))
+            return _resolve(name, repository, model_name, ref)
+        except _Refused as refused:
+            return _error(refused.status, refused.message)
 
     def aliases_of(version: str) -> list[str]:
         return sorted(a for a, v in repository.view.aliases.items() if v == version)
@@ -209,7 +226,7 @@ def version_routes(settings: Settings, repository: VersionRepository,
     @router.get("/versions")
     async def listing(model_name: str):
         if model_name != name:
-            return _error(404, f"model {model_name!r} does not exist (this server hosts {name!r})")
+            return _error(404, _no_such_model(model_name, name))
         return repository.listing()
 
     @router.post("/refresh")
@@ -220,7 +237,7 @@ def version_routes(settings: Settings, repository: VersionRepository,
         except security.AuthError as exc:
             return _error(exc.status, exc.message)
         if model_name != name:
-            return _error(404, f"model {model_name!r} does not exist (this server hosts {name!r})")
+            return _error(404, _no_such_model(model_name, name))
         return await asyncio.to_thread(repository.refresh, REFRESH_WAIT_S)
 
     @router.get("/versions/{ref}")
